@@ -1,0 +1,884 @@
+"""Connection: a socket with a zero-copy input and output LinkBuffer, driven by a poller.
+
+Two halves share one lock. The poller half (``_on_event``) receives straight into free
+space of the input buffer and then either wakes a reader waiting for ``n`` bytes or starts
+the request task. The user half (the Reader/Writer methods) reads from the input buffer,
+writes into the output buffer, and on ``flush`` sends the buffer's views with one
+``sendmsg`` from the calling thread; only when the kernel buffer is full does it wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from . import _config
+from ._errors import (
+    ConnectionClosedError,
+    PeerClosedError,
+    ReadTimeoutError,
+    WriteTimeoutError,
+    closed_error,
+)
+from ._linkbuffer import LinkBuffer, _check_size, _delim_byte
+from ._nocopy import Reader, Writer, writer_buffer
+from ._poll._backend import EVENT_OUT
+from ._poll._operator import FDOperator, PollEvent
+from ._poll._poller import Poller, Timer, before_block
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Connection", "OnRequest"]
+
+_log = logging.getLogger("netpoll")
+
+OnRequest = Callable[[Any, "Connection"], Any]
+CloseCallback = Callable[["Connection"], Any]
+
+_OPEN: Final = 0
+_CLOSED: Final = 2
+_MIN_RECV_FREE: Final = 2048  # below this much tail space, receive into a new node
+DEFAULT_READ_BUFFER_LIMIT: Final = 64 << 20
+_WAIT_SLICE: Final = 0.5  # a flush waiting for writability re-checks state this often
+
+# Reasons a connection was closed, for the server's statistics.
+CLOSE_USER: Final = "user"
+CLOSE_PEER: Final = "peer"
+CLOSE_ERROR: Final = "error"
+CLOSE_HANDLER: Final = "handler"
+CLOSE_READ_TIMEOUT: Final = "read_timeout"
+CLOSE_WRITE_TIMEOUT: Final = "write_timeout"
+CLOSE_IDLE_TIMEOUT: Final = "idle_timeout"
+CLOSE_SHUTDOWN: Final = "shutdown"
+
+
+def _timeout_value(t: float | None, name: str) -> float:
+    if t is None:
+        return 0.0
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(t).__name__}")
+    if t < 0:
+        raise ValueError(f"{name} must be >= 0, got {t}")
+    return float(t)
+
+
+class _Hooks:
+    """What a server attaches to its connections: callbacks and bookkeeping."""
+
+    __slots__ = ()
+    draining = False  # a server shutting down: idle connections get ``on_idle``
+
+    def on_idle(self, conn: Connection) -> None:  # pragma: no cover - interface
+        pass
+
+    def on_disconnect(self, conn: Connection) -> None:  # pragma: no cover - interface
+        pass
+
+    def on_closed(self, conn: Connection, reason: str) -> None:  # pragma: no cover
+        pass
+
+    def on_handler_error(self, conn: Connection, exc: BaseException) -> None:  # pragma: no cover
+        pass
+
+
+class Connection:
+    """A Reader and Writer over one socket; see ``netpoll.EventLoop`` and ``dial_connection``.
+
+    Reads block (up to the read timeout) until enough bytes arrived. Views returned by
+    reads stay valid until ``release()``. Writes collect in the output buffer and go out
+    on ``flush()``. Writing from several threads at once needs the caller's own lock
+    (or ``netpoll.mux.ShardQueue``), as in Netpoll.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_bytes_in",
+        "_bytes_out",
+        "_close_callbacks",
+        "_close_reason",
+        "_cond",
+        "_connected",
+        "_ctx",
+        "_disconnect_pending",
+        "_eof",
+        "_eof_handled",
+        "_fd",
+        "_hooks",
+        "_idle_timeout",
+        "_idle_timer",
+        "_in",
+        "_last",
+        "_local_addr",
+        "_lock",
+        "_need",
+        "_on_request",
+        "_op",
+        "_paused",
+        "_poller",
+        "_processing",
+        "_read_limit",
+        "_read_timeout",
+        "_recv_size",
+        "_remote_addr",
+        "_sock",
+        "_state",
+        "_wbuf",
+        "_write_timeout",
+        "_wwaiting",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        poller: Poller,
+        *,
+        on_request: OnRequest | None = None,
+        read_timeout: float | None = None,
+        write_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        read_buffer_limit: int | None = None,
+        hooks: _Hooks | None = None,
+        remote_addr: Any = None,
+    ) -> None:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._poller = poller
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._in = LinkBuffer()
+        self._wbuf = LinkBuffer()
+        self._state = _OPEN
+        self._eof = False  # the peer's end of stream (or a reset) was seen
+        self._eof_handled = False
+        self._processing = False
+        self._need = 0  # bytes a blocked reader waits for
+        self._paused = False  # reading stopped by the read buffer limit
+        self._on_request = on_request
+        self._ctx: Any = None
+        self._hooks = hooks
+        self._connected = hooks is None  # on_connect finished (trivially, without a server)
+        self._disconnect_pending = False
+        self._read_timeout = _timeout_value(read_timeout, "read_timeout")
+        self._write_timeout = _timeout_value(write_timeout, "write_timeout")
+        self._idle_timeout = 0.0
+        self._idle_timer: Timer | None = None
+        self._read_limit = DEFAULT_READ_BUFFER_LIMIT
+        if read_buffer_limit is not None:
+            self.set_read_buffer_limit(read_buffer_limit)
+        self._close_callbacks: list[CloseCallback] = []
+        self._close_reason = ""
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._last = time.monotonic()
+        self._wwaiting = False
+        self._recv_size = _config.get_config().buffer_size
+        try:
+            self._local_addr: Any = sock.getsockname()
+        except OSError:
+            self._local_addr = None
+        if remote_addr is None:
+            try:
+                remote_addr = sock.getpeername()
+            except OSError:
+                remote_addr = None
+        self._remote_addr: Any = remote_addr
+        self._op = FDOperator(self._fd, self._on_event, poller)
+        if idle_timeout:
+            self.set_idle_timeout(idle_timeout)
+
+    def _register(self) -> None:
+        """Start receiving through the poller."""
+        with self._lock:
+            if self._state == _OPEN and not self._eof:
+                self._op.control(PollEvent.READABLE)
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_active() else "closed"
+        return f"<netpoll.Connection fd={self._fd} {state} remote={self._remote_addr!r}>"
+
+    # ------------------------------------------------------------------ poller half
+
+    def _on_event(self, ev: int) -> None:
+        if ev == EVENT_OUT:
+            return  # writability is awaited by the flushing thread itself
+        start = eof = False
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._state != _OPEN or self._eof_handled:
+                return
+            inb = self._in
+            try:
+                n = self._sock.recv_into(inb.recv_target(_MIN_RECV_FREE, self._recv_size))
+            except (BlockingIOError, InterruptedError):
+                inb.drop_empty_tail()
+                return
+            except OSError:
+                n = 0  # a reset: treated as the end of the stream
+            if n:
+                inb.commit_recv(n)
+                self._bytes_in += n
+                self._last = self._poller.now
+                need = self._need
+                if need:
+                    if inb._rlen >= need:
+                        self._cond.notify_all()
+                elif not self._processing and self._on_request is not None and self._connected:
+                    self._processing = True
+                    start = True
+                if inb._rlen >= self._read_limit and inb._rlen >= need:
+                    self._pause_locked()
+            else:
+                inb.drop_empty_tail()
+                eof = True
+                start = self._eof_locked()
+        finally:
+            lock.release()
+        if eof:
+            self._after_eof(start)
+        if start:
+            self._start_task()
+
+    def _eof_locked(self) -> bool:
+        """The peer ended the stream: stop watching and wake readers.
+
+        Returns True when the request task must run to deliver what is still buffered.
+        """
+        self._eof = True
+        self._eof_handled = True
+        self._op.control(PollEvent.DETACH)
+        self._cond.notify_all()
+        if (
+            self._connected
+            and not self._processing
+            and self._in._rlen
+            and self._on_request is not None
+        ):
+            self._processing = True
+            return True
+        return False
+
+    def _after_eof(self, delivering: bool) -> None:
+        """Outside the lock: tell the server, and close unless a task will close later."""
+        with self._lock:
+            connected = self._connected
+            if not connected:
+                self._disconnect_pending = True
+            close_now = (
+                connected and not delivering and not self._processing and self._state == _OPEN
+            )
+        if self._hooks is not None and connected:
+            self._hooks.on_disconnect(self)
+        if close_now:
+            self._close(CLOSE_PEER)
+
+    def _pause_locked(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self._op.control(PollEvent.DETACH)
+
+    def _maybe_resume_locked(self) -> None:
+        if self._paused and self._in._rlen < max(self._read_limit, self._need):
+            self._paused = False
+            if self._state == _OPEN and not self._eof_handled:
+                self._op.control(PollEvent.READABLE)
+
+    def _start_task(self) -> None:
+        runner = _config._config.runner
+        if runner is None:
+            self._process()
+        else:
+            try:
+                runner(self._ctx, self._process)
+            except Exception:
+                _log.exception("netpoll: runner failed to start a task; closing %r", self)
+                with self._lock:
+                    self._processing = False
+                self._close(CLOSE_ERROR)
+
+    def _connect_task(self, on_connect: Callable[[Any, Connection], Any] | None) -> None:
+        """Run ``on_connect`` and then any input that arrived meanwhile."""
+        if on_connect is not None:
+            try:
+                self._ctx = on_connect(self._ctx, self)
+            except Exception as exc:
+                self._handler_failed(exc)
+                return
+        with self._lock:
+            self._connected = True
+            pending = self._disconnect_pending
+            self._disconnect_pending = False
+            run = bool(self._in._rlen) and self._on_request is not None and self._state == _OPEN
+            if not run:
+                self._processing = False
+            eof = self._eof
+        if pending and self._hooks is not None:
+            self._hooks.on_disconnect(self)
+        if run:
+            self._process()
+        elif eof:
+            self._close(CLOSE_PEER)
+        elif self._hooks is not None and self._hooks.draining:
+            self._hooks.on_idle(self)
+
+    def _process(self) -> None:
+        """The request task: call on_request while unread input remains and it progresses."""
+        inb = self._in
+        lock = self._lock
+        ctx = self._ctx
+        while True:
+            before = inb._rlen
+            received = self._bytes_in
+            handler = self._on_request
+            try:
+                if handler is not None:
+                    handler(ctx, self)
+            except Exception as exc:
+                self._handler_failed(exc)
+                return
+            with lock:
+                left = inb._rlen
+                if self._state == _OPEN and handler is self._on_request:
+                    if left and (left != before or self._bytes_in != received):
+                        continue
+                elif self._state == _OPEN and left and self._on_request is not None:
+                    continue  # the handler was replaced: give the new one a turn
+                self._processing = False
+                eof = self._eof
+                if self._paused:
+                    self._maybe_resume_locked()
+                closed = self._state != _OPEN
+            break
+        if closed:
+            self._drop_buffers()
+        elif eof:
+            self._close(CLOSE_PEER)
+        elif self._hooks is not None and self._hooks.draining:
+            self._hooks.on_idle(self)
+
+    def _handler_failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self._processing = False
+            state = self._state
+        if isinstance(exc, ReadTimeoutError):
+            reason = CLOSE_READ_TIMEOUT
+            _log.debug("netpoll: read timeout on %r; closing", self)
+        elif isinstance(exc, WriteTimeoutError):
+            reason = CLOSE_WRITE_TIMEOUT
+        elif isinstance(exc, PeerClosedError) or (
+            isinstance(exc, ConnectionClosedError) and state != _OPEN
+        ):
+            reason = CLOSE_PEER
+        else:
+            reason = CLOSE_HANDLER
+            _log.error("netpoll: handler raised on %r; closing it", self, exc_info=exc)
+            if self._hooks is not None:
+                self._hooks.on_handler_error(self, exc)
+        self._close(reason)
+        self._drop_buffers()
+
+    # ------------------------------------------------------------------ state
+
+    def is_active(self) -> bool:
+        """False once either side closed the connection (a peer close included)."""
+        return self._state == _OPEN and not self._eof
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (-1 once closed)."""
+        return self._fd if self._state == _OPEN else -1
+
+    @property
+    def local_addr(self) -> Any:
+        """This end's address, in the ``socket`` module's form."""
+        return self._local_addr
+
+    @property
+    def remote_addr(self) -> Any:
+        """The peer's address, in the ``socket`` module's form."""
+        return self._remote_addr
+
+    @property
+    def reader(self) -> Reader:
+        """The connection's Reader (the connection itself)."""
+        return self
+
+    @property
+    def writer(self) -> Writer:
+        """The connection's Writer (the connection itself)."""
+        return self
+
+    @property
+    def poller(self) -> Poller:
+        """The poller this connection is registered with."""
+        return self._poller
+
+    @property
+    def bytes_received(self) -> int:
+        return self._bytes_in
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._bytes_out
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent); close callbacks run once, newest first."""
+        self._close(CLOSE_USER)
+
+    def _close(self, reason: str) -> None:
+        with self._lock:
+            if self._state == _CLOSED:
+                return
+            self._state = _CLOSED
+            self._close_reason = reason
+            self._op.control(PollEvent.DETACH)
+            if self._wwaiting:
+                try:  # wake the flusher that waits in poll() on this fd
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._cond.notify_all()
+            timer, self._idle_timer = self._idle_timer, None
+            callbacks, self._close_callbacks = self._close_callbacks, []
+            busy = self._processing or self._need
+        if timer is not None:
+            timer.cancel()
+        if not busy:
+            self._drop_buffers()
+        for cb in reversed(callbacks):
+            try:
+                cb(self)
+            except Exception:
+                _log.exception("netpoll: close callback failed on %r", self)
+        if self._hooks is not None:
+            self._hooks.on_closed(self, reason)
+
+    def _drop_buffers(self) -> None:
+        """Return the input buffer's memory once nobody can be using it."""
+        with self._lock:
+            if self._state == _CLOSED and not self._processing and not self._need:
+                self._in.close()
+
+    def add_close_callback(self, fn: CloseCallback) -> None:
+        """Call ``fn(conn)`` once when the connection closes, whoever closes it."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        with self._lock:
+            if self._state != _CLOSED:
+                self._close_callbacks.append(fn)
+                return
+        fn(self)  # already closed: run it now, still exactly once
+
+    def set_on_request(self, fn: OnRequest | None) -> None:
+        """Replace the request handler; on a dialed connection it receives responses."""
+        if fn is not None and not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        with self._lock:
+            self._on_request = fn
+            start = (
+                fn is not None
+                and not self._processing
+                and self._connected
+                and self._in._rlen > 0
+                and self._state == _OPEN
+            )
+            if start:
+                self._processing = True
+        if start:
+            self._poller.call_later(0, self._start_task)
+
+    def set_read_timeout(self, t: float | None) -> None:
+        """Seconds a read may wait for data; ``None`` or 0 waits forever."""
+        self._read_timeout = _timeout_value(t, "t")
+
+    def set_write_timeout(self, t: float | None) -> None:
+        """Seconds a flush may wait for the peer to take data; ``None`` or 0 waits forever."""
+        self._write_timeout = _timeout_value(t, "t")
+
+    def set_idle_timeout(self, t: float | None) -> None:
+        """Close the connection after ``t`` seconds with nothing sent or received."""
+        value = _timeout_value(t, "t")
+        with self._lock:
+            self._idle_timeout = value
+            old, self._idle_timer = self._idle_timer, None
+            if value and self._state == _OPEN:
+                self._idle_timer = self._poller.call_later(value, self._idle_check)
+        if old is not None:
+            old.cancel()
+
+    def _idle_check(self) -> None:
+        with self._lock:
+            t = self._idle_timeout
+            if not t or self._state != _OPEN:
+                return
+            left = self._last + t - time.monotonic()
+            if left > 0 or self._processing or self._need:
+                self._idle_timer = self._poller.call_later(max(left, t / 10), self._idle_check)
+                return
+            self._idle_timer = None
+        _log.debug("netpoll: idle timeout on %r", self)
+        self._close(CLOSE_IDLE_TIMEOUT)
+
+    def set_read_buffer_limit(self, n: int) -> None:
+        """Stop reading the socket while ``n`` unread bytes are buffered (TCP pushes back)."""
+        _check_size(n, "n")
+        if n == 0:
+            raise ValueError("n must be > 0")
+        with self._lock:
+            self._read_limit = n
+            if self._paused:
+                self._maybe_resume_locked()
+
+    def set_keepalive(self, idle: float | None, interval: float | None = None) -> None:
+        """Turn TCP keepalive on with probes after ``idle`` seconds, or off with ``None``."""
+        sock = self._sock
+        if idle is None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+            return
+        idle_s = max(int(_timeout_value(idle, "idle")), 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+            every = max(int(_timeout_value(interval, "interval") or idle_s), 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, every)
+
+    # ------------------------------------------------------------------ reading
+
+    def __len__(self) -> int:
+        return self._in._rlen
+
+    def len(self) -> int:
+        """Readable bytes buffered now."""
+        return self._in._rlen
+
+    def _ensure_locked(self, n: int) -> None:
+        """Wait, lock held, until ``n`` bytes are buffered; raise on timeout or close."""
+        inb = self._in
+        if self._state != _OPEN:
+            raise ConnectionClosedError("connection is closed")
+        if inb._rlen >= n:
+            return
+        timeout = self._read_timeout
+        deadline = time.monotonic() + timeout if timeout else 0.0
+        while inb._rlen < n:
+            if self._state != _OPEN:
+                raise ConnectionClosedError("connection is closed")
+            if self._eof:
+                raise PeerClosedError(
+                    f"peer closed the connection: need {n} bytes, {inb._rlen} buffered"
+                )
+            if self._read_through_locked():
+                continue
+            if deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ReadTimeoutError(
+                        f"read timed out after {timeout}s waiting for {n} bytes "
+                        f"({inb._rlen} buffered)"
+                    )
+            else:
+                left = None
+            self._need = n
+            if self._paused:
+                self._maybe_resume_locked()
+            before_block()
+            try:
+                self._cond.wait(left)
+            finally:
+                self._need = 0
+
+    def _read_through_locked(self) -> bool:
+        """Receive straight from the socket on the reader's thread; True if bytes came.
+
+        Saves a thread hand-off when the data is already in the kernel (a large frame
+        whose first part the poller took). End of stream is left for the poller to see.
+        """
+        if self._paused or self._eof_handled:
+            return False
+        inb = self._in
+        try:
+            n = self._sock.recv_into(inb.recv_target(_MIN_RECV_FREE, self._recv_size))
+        except (BlockingIOError, InterruptedError):
+            inb.drop_empty_tail()
+            return False
+        except OSError:
+            n = 0
+        if n:
+            inb.commit_recv(n)
+            self._bytes_in += n
+            return True
+        inb.drop_empty_tail()
+        self._eof = True  # the poller's next look at the fd does the rest
+        return False
+
+    def next(self, n: int) -> memoryview:
+        """The next ``n`` bytes, zero-copy when possible; blocks until they arrive."""
+        with self._lock:
+            inb = self._in
+            if self._state == _OPEN and type(n) is int and 0 <= n <= inb._rlen:
+                return inb.next(n)
+            _check_size(n)
+            self._ensure_locked(n)
+            return inb.next(n)
+
+    def peek(self, n: int) -> memoryview:
+        """Like ``next`` without advancing."""
+        _check_size(n)
+        with self._lock:
+            self._ensure_locked(n)
+            return self._in.peek(n)
+
+    def skip(self, n: int) -> None:
+        """Advance ``n`` bytes, waiting for them if needed."""
+        _check_size(n)
+        with self._lock:
+            self._ensure_locked(n)
+            self._in.skip(n)
+
+    def until(self, delim: int | bytes) -> memoryview:
+        """Data up to and including ``delim``; on a peer close first, ``PeerClosedError.partial``
+        holds what was buffered."""
+        byte = _delim_byte(delim)
+        with self._lock:
+            inb = self._in
+            while True:
+                pos = inb._find(byte)
+                if pos >= 0:
+                    return inb.next(pos + 1)
+                try:
+                    self._ensure_locked(inb._rlen + 1)
+                except PeerClosedError:
+                    partial = inb.read_binary(inb._rlen)
+                    raise PeerClosedError(
+                        f"peer closed before delimiter {bytes([byte])!r}", partial
+                    ) from None
+
+    def read_line(self) -> memoryview:
+        """One line without ``\\n`` or ``\\r\\n``."""
+        line = self.until(10)
+        end = len(line) - 1
+        if end and line[end - 1] == 13:
+            end -= 1
+        out = line[:end]
+        with self._lock:
+            self._in._views.append(out)
+        return out
+
+    def read_binary(self, n: int) -> bytes:
+        """The next ``n`` bytes as a ``bytes`` copy."""
+        _check_size(n)
+        with self._lock:
+            self._ensure_locked(n)
+            return self._in.read_binary(n)
+
+    def read_string(self, n: int, encoding: str = "utf-8") -> str:
+        """The next ``n`` bytes decoded."""
+        _check_size(n)
+        with self._lock:
+            self._ensure_locked(n)
+            return self._in.read_string(n, encoding)
+
+    def read_byte(self) -> int:
+        """The next byte as an int."""
+        with self._lock:
+            self._ensure_locked(1)
+            return self._in.read_byte()
+
+    def slice(self, n: int) -> Reader:
+        """An independent LinkBuffer over the next ``n`` bytes (zero-copy)."""
+        _check_size(n)
+        with self._lock:
+            self._ensure_locked(n)
+            return self._in.slice(n)
+
+    def release(self) -> None:
+        """Free what was read; views handed out before become unusable."""
+        with self._lock:
+            if self._state == _CLOSED:
+                raise ConnectionClosedError("connection is closed")
+            self._in.release()
+            if self._paused:
+                self._maybe_resume_locked()
+
+    def read(self, n: int = -1) -> bytes:
+        """Copying read as in Go's ``net.Conn``: wait for a byte, return up to ``n``.
+
+        Returns ``b""`` at the end of the stream.
+        """
+        if type(n) is not int:
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n == 0:
+            return b""
+        with self._lock:
+            inb = self._in
+            if not inb._rlen:
+                try:
+                    self._ensure_locked(1)
+                except PeerClosedError:
+                    return b""
+            k = inb._rlen if n < 0 else min(n, inb._rlen)
+            data = inb.read_binary(k)
+            inb.release()
+            if self._paused:
+                self._maybe_resume_locked()
+            return data
+
+    def readinto(self, b: Any) -> int:
+        """Copying read into a writable buffer; 0 at the end of the stream."""
+        out = memoryview(b).cast("B")
+        if not len(out):
+            return 0
+        with self._lock:
+            inb = self._in
+            if not inb._rlen:
+                try:
+                    self._ensure_locked(1)
+                except PeerClosedError:
+                    return 0
+            k = min(len(out), inb._rlen)
+            out[:k] = inb.next(k)
+            inb.release()
+            if self._paused:
+                self._maybe_resume_locked()
+            return k
+
+    # ------------------------------------------------------------------ writing
+
+    def _check_open(self) -> None:
+        if self._state != _OPEN:
+            raise ConnectionClosedError("connection is closed")
+
+    def malloc(self, n: int) -> memoryview:
+        """A writable view of ``n`` bytes, sent at the next flush."""
+        if self._state != _OPEN:
+            self._check_open()
+        return self._wbuf.malloc(n)
+
+    def malloc_len(self) -> int:
+        """Bytes written or allocated and not yet flushed."""
+        if self._state != _OPEN:
+            self._check_open()
+        return self._wbuf._wlen
+
+    def malloc_ack(self, n: int) -> None:
+        """Keep the first ``n`` unflushed bytes; drop the rest."""
+        self._check_open()
+        self._wbuf.malloc_ack(n)
+
+    def write_binary(self, b: bytes | bytearray | memoryview) -> int:
+        """Append bytes for the next flush; large ones are referenced, not copied."""
+        if self._state != _OPEN:
+            self._check_open()
+        return self._wbuf.write_binary(b)
+
+    def write_string(self, s: str, encoding: str = "utf-8") -> int:
+        self._check_open()
+        return self._wbuf.write_string(s, encoding)
+
+    def write_byte(self, b: int) -> None:
+        self._check_open()
+        self._wbuf.write_byte(b)
+
+    def write_direct(self, p: bytes | bytearray | memoryview, remain_cap: int) -> None:
+        self._check_open()
+        self._wbuf.write_direct(p, remain_cap)
+
+    def append(self, w: Writer) -> None:
+        """Move ``w``'s unflushed data to this connection's output, zero-copy."""
+        self._check_open()
+        self._wbuf.append(writer_buffer(w))
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:
+        """Copying write as in Go's ``net.Conn``: append ``b`` and flush."""
+        if self._state != _OPEN:
+            self._check_open()
+        n = self._wbuf.write_binary(b)
+        self.flush()
+        return n
+
+    def flush(self) -> None:
+        """Send everything written; waits at most the write timeout while the kernel is full.
+
+        A write timeout closes the connection: part of the data may have gone out, so the
+        stream can no longer be trusted.
+        """
+        if self._state != _OPEN:
+            self._check_open()
+        out = self._wbuf
+        out.flush()
+        if not out._rlen:
+            return
+        deadline = 0.0
+        while True:
+            err: ConnectionClosedError | None = None
+            with self._lock:
+                if self._state != _OPEN:
+                    raise ConnectionClosedError("connection is closed")
+                sock = self._sock
+                try:
+                    while out._rlen:
+                        views = out.send_views()
+                        n = sock.send(views[0]) if len(views) == 1 else sock.sendmsg(views)
+                        out.consume_sent(n)
+                        self._bytes_out += n
+                    self._last = time.monotonic()
+                    return
+                except (BlockingIOError, InterruptedError):
+                    self._wwaiting = True
+                except OSError as exc:
+                    err = closed_error(exc)
+            if err is not None:
+                self._close(CLOSE_ERROR)
+                raise err
+            try:
+                deadline = self._wait_writable(deadline)
+            finally:
+                self._wwaiting = False
+
+    def _wait_writable(self, deadline: float) -> float:
+        """Block until the socket is writable; raise WriteTimeoutError past the deadline."""
+        timeout = self._write_timeout
+        now = time.monotonic()
+        if timeout and not deadline:
+            deadline = now + timeout
+        before_block()
+        p = select.poll()
+        p.register(self._fd, select.POLLOUT)
+        while True:
+            if self._state != _OPEN:
+                raise ConnectionClosedError("connection is closed")
+            left = _WAIT_SLICE if not deadline else min(deadline - time.monotonic(), _WAIT_SLICE)
+            if left <= 0:
+                err = WriteTimeoutError(
+                    f"write timed out after {timeout}s with {self._wbuf._rlen} bytes unsent"
+                )
+                self._close(CLOSE_WRITE_TIMEOUT)
+                raise err
+            if p.poll(int(left * 1000) + 1):
+                return deadline

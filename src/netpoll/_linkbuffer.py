@@ -1,0 +1,684 @@
+"""LinkBuffer: a chain of pooled memory nodes that reads and writes without copying.
+
+Pure data structure: no sockets, no locks. The connection layer wraps it with its own
+lock; here every method assumes a single caller at a time.
+
+Layout: ``_nodes`` holds the chain in stream order. Each node's bytes ``[r, w)`` are data,
+``[w, cap)`` is free space only the tail may write into. The first ``_rlen`` bytes of the
+chain (from the head) are readable; the ``_wlen`` bytes after them were written but not
+flushed yet. Flushing only moves the boundary, so it copies nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from ._errors import InsufficientDataError
+
+__all__ = ["DEFAULT_NODE_SIZE", "LinkBuffer"]
+
+DEFAULT_NODE_SIZE: Final = 8192
+_MIN_CLASS_SHIFT: Final = 6  # smallest pooled block: 64 bytes
+_MAX_POOLED: Final = 1 << 23  # blocks above 8 MiB are left to the allocator
+_POOL_BYTES_PER_CLASS: Final = 16 << 20
+# write_binary copies payloads below this size; larger ones are referenced in place.
+NOCOPY_WRITE_THRESHOLD: Final = 4096
+
+
+def _size_class(n: int) -> int:
+    """Round ``n`` up to the block size class that holds it."""
+    if n <= 1 << _MIN_CLASS_SHIFT:
+        return 1 << _MIN_CLASS_SHIFT
+    return 1 << (n - 1).bit_length()
+
+
+class _BlockPool:
+    """Free lists of bytearrays by power-of-two size, so steady traffic never allocates.
+
+    ``list.append``/``list.pop`` are atomic on both GIL and free-threaded CPython, so the
+    pool needs no lock of its own; the per-class cap is advisory.
+    """
+
+    __slots__ = ("_free",)
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[tuple[bytearray, memoryview]]] = {}
+
+    def get(self, size: int) -> tuple[bytearray, memoryview]:
+        cls = _size_class(size)
+        free = self._free.get(cls)
+        if free:
+            try:
+                return free.pop()
+            except IndexError:  # another thread took the last one
+                pass
+        buf = bytearray(cls)
+        return buf, memoryview(buf)
+
+    def put(self, buf: bytearray, mv: memoryview) -> None:
+        cls = len(buf)
+        if cls > _MAX_POOLED:
+            return
+        free = self._free.get(cls)
+        if free is None:
+            free = self._free.setdefault(cls, [])
+        if len(free) * cls < _POOL_BYTES_PER_CLASS:
+            free.append((buf, mv))
+
+    def pooled_bytes(self) -> int:
+        """Bytes currently parked in the pool (for tests and stats)."""
+        return sum(cls * len(lst) for cls, lst in self._free.items())
+
+
+POOL: Final = _BlockPool()
+
+
+class _Node:
+    """One contiguous piece of the chain: a pooled block, or a borrowed read-only view."""
+
+    __slots__ = ("buf", "cap", "mv", "pooled", "r", "w")
+
+    def __init__(
+        self, buf: bytearray | None, mv: memoryview, r: int, w: int, cap: int, pooled: bool
+    ) -> None:
+        self.buf = buf  # owned block, or None for a borrowed view
+        self.mv = mv
+        self.r = r
+        self.w = w
+        self.cap = cap  # writes may go up to here; equals w for borrowed or shared memory
+        self.pooled = pooled  # False once the memory is shared with a slice or a split
+
+
+def _new_node(size: int) -> _Node:
+    buf, mv = POOL.get(size)
+    return _Node(buf, mv, 0, 0, len(buf), True)
+
+
+def _recycle(node: _Node) -> None:
+    buf = node.buf
+    if node.pooled and buf is not None:
+        node.pooled = False  # guard against a second recycle of the same node
+        POOL.put(buf, node.mv)
+
+
+def _check_size(n: object, name: str = "n") -> int:
+    if type(n) is not int and (isinstance(n, bool) or not isinstance(n, int)):
+        raise TypeError(f"{name} must be an int, not {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, got {n}")
+    return n
+
+
+def _as_bytes_view(b: object, name: str = "b") -> memoryview:
+    if type(b) is memoryview and b.format == "B" and b.ndim == 1 and b.contiguous:
+        # Keep the caller's view object itself: wrapping it would share its memory under
+        # a new, untracked view that its release() could not revoke.
+        return b
+    try:
+        mv = memoryview(b)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be a bytes-like object, not {type(b).__name__}") from None
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+def _delim_byte(delim: int | bytes) -> int:
+    if isinstance(delim, int) and not isinstance(delim, bool):
+        if not 0 <= delim <= 255:
+            raise ValueError(f"delim must be a byte value 0..255, got {delim}")
+        return delim
+    if isinstance(delim, (bytes, bytearray)):
+        if len(delim) != 1:
+            raise ValueError(f"delim must be exactly one byte, got {len(delim)} bytes")
+        return delim[0]
+    raise TypeError(f"delim must be an int or a bytes of length 1, not {type(delim).__name__}")
+
+
+class LinkBuffer:
+    """A zero-copy byte queue: both a Reader and a Writer, usable without a socket.
+
+    Views returned by reads (``next``, ``peek``, ``until``, ``read_line``, ``get_bytes``)
+    stay valid until ``release()``; after it they are released memoryviews, which raise on
+    any access instead of showing recycled memory. Views made with ``malloc`` are writable
+    until the next ``flush``.
+    """
+
+    __slots__ = ("_closed", "_hi", "_nodes", "_rlen", "_size", "_views", "_wlen")
+
+    def __init__(self, size: int | None = None) -> None:
+        if size is None:
+            size = DEFAULT_NODE_SIZE
+        else:
+            _check_size(size, "size")
+            if size == 0:
+                raise ValueError("size must be > 0")
+        self._size: int = size
+        self._nodes: list[_Node] = []
+        self._hi = 0  # index of the node the next read starts in
+        self._rlen = 0  # readable (flushed, unread) bytes
+        self._wlen = 0  # written or allocated, not yet flushed
+        self._views: list[memoryview] = []  # handed out since the last release
+        self._closed = False
+
+    # ------------------------------------------------------------------ reader side
+
+    def __len__(self) -> int:
+        return self._rlen
+
+    def len(self) -> int:
+        """Readable bytes buffered now (Netpoll's ``Len()``)."""
+        return self._rlen
+
+    def is_empty(self) -> bool:
+        """True when nothing is readable."""
+        return self._rlen == 0
+
+    def _check_read(self, n: int) -> None:
+        if self._closed:
+            raise InsufficientDataError("LinkBuffer is closed")
+        if n > self._rlen:
+            raise InsufficientDataError(f"need {n} bytes, only {self._rlen} readable")
+
+    def next(self, n: int) -> memoryview:
+        """Return the next ``n`` bytes and advance; zero-copy when they sit in one node."""
+        if type(n) is not int or n < 0:
+            _check_size(n)
+        if n > self._rlen or self._closed:
+            self._check_read(n)
+        nodes = self._nodes
+        hi = self._hi
+        if n == 0:
+            return memoryview(b"")
+        node = nodes[hi]
+        while node.r == node.w:
+            hi += 1
+            node = nodes[hi]
+        self._hi = hi
+        r = node.r
+        if node.w - r >= n:
+            node.r = r + n
+            self._rlen -= n
+            v = node.mv[r : r + n]
+            self._views.append(v)
+            return v
+        v = memoryview(self._gather(n, advance=True))
+        self._views.append(v)
+        return v
+
+    def peek(self, n: int) -> memoryview:
+        """Return the next ``n`` bytes without advancing."""
+        _check_size(n)
+        self._check_read(n)
+        if n == 0:
+            return memoryview(b"")
+        hi = self._hi
+        node = self._nodes[hi]
+        while node.r == node.w:
+            hi += 1
+            node = self._nodes[hi]
+        self._hi = hi
+        if node.w - node.r >= n:
+            v = node.mv[node.r : node.r + n]
+        else:
+            v = memoryview(self._gather(n, advance=False))
+        self._views.append(v)
+        return v
+
+    def _gather(self, n: int, advance: bool) -> bytearray:
+        """Copy ``n`` readable bytes spanning several nodes into one new bytearray."""
+        out = bytearray(n)
+        pos = 0
+        i = self._hi
+        nodes = self._nodes
+        while pos < n:
+            node = nodes[i]
+            k = min(node.w - node.r, n - pos)
+            if k:
+                out[pos : pos + k] = node.mv[node.r : node.r + k]
+                pos += k
+                if advance:
+                    node.r += k
+            if pos < n or (advance and node.r == node.w):
+                i += 1
+        if advance:
+            self._rlen -= n
+            self._hi = min(i, len(nodes) - 1) if nodes else 0
+        return out
+
+    def skip(self, n: int) -> None:
+        """Advance ``n`` bytes without returning them."""
+        _check_size(n)
+        self._check_read(n)
+        self._advance(n)
+
+    def _advance(self, n: int) -> None:
+        nodes = self._nodes
+        i = self._hi
+        left = n
+        while left:
+            node = nodes[i]
+            k = min(node.w - node.r, left)
+            node.r += k
+            left -= k
+            if left:
+                i += 1
+        self._hi = i
+        self._rlen -= n
+
+    def _find(self, byte: int) -> int:
+        """Offset from the read point of the first ``byte`` among readable data, or -1."""
+        seen = 0
+        rlen = self._rlen
+        for i in range(self._hi, len(self._nodes)):
+            node = self._nodes[i]
+            end = min(node.w, node.r + rlen - seen)
+            if node.buf is not None:
+                pos = node.buf.find(byte, node.r, end)
+                if pos >= 0:
+                    return seen + pos - node.r
+            else:
+                pos = node.mv[node.r : end].tobytes().find(byte) if end > node.r else -1
+                if pos >= 0:
+                    return seen + pos
+            seen += end - node.r
+            if seen >= rlen:
+                break
+        return -1
+
+    def until(self, delim: int | bytes) -> memoryview:
+        """Data up to and including the first ``delim`` byte."""
+        byte = _delim_byte(delim)
+        if self._closed:
+            self._check_read(1)
+        pos = self._find(byte)
+        if pos < 0:
+            raise InsufficientDataError(
+                f"delimiter {bytes([byte])!r} not found in {self._rlen} readable bytes"
+            )
+        return self.next(pos + 1)
+
+    def read_line(self) -> memoryview:
+        """One line without its ``\\n`` (or ``\\r\\n``)."""
+        line = self.until(10)
+        end = len(line) - 1
+        if end and line[end - 1] == 13:
+            end -= 1
+        out = line[:end]
+        self._views.append(out)
+        return out
+
+    def read_binary(self, n: int) -> bytes:
+        """The next ``n`` bytes as a ``bytes`` copy that outlives ``release()``."""
+        _check_size(n)
+        self._check_read(n)
+        if n == 0:
+            return b""
+        node = self._nodes[self._hi]
+        while node.r == node.w:
+            self._hi += 1
+            node = self._nodes[self._hi]
+        r = node.r
+        if node.w - r >= n:
+            node.r = r + n
+            self._rlen -= n
+            return node.mv[r : r + n].tobytes()
+        return bytes(self._gather(n, advance=True))
+
+    def read_string(self, n: int, encoding: str = "utf-8") -> str:
+        """The next ``n`` bytes decoded with ``encoding``."""
+        _check_size(n)
+        self._check_read(n)
+        if n == 0:
+            return ""
+        node = self._nodes[self._hi]
+        while node.r == node.w:
+            self._hi += 1
+            node = self._nodes[self._hi]
+        r = node.r
+        if node.w - r >= n:
+            s = str(node.mv[r : r + n], encoding)
+            node.r = r + n
+            self._rlen -= n
+            return s
+        return str(self._gather(n, advance=True), encoding)
+
+    def read_byte(self) -> int:
+        """The next byte as an int."""
+        self._check_read(1)
+        node = self._nodes[self._hi]
+        while node.r == node.w:
+            self._hi += 1
+            node = self._nodes[self._hi]
+        b = node.mv[node.r]
+        node.r += 1
+        self._rlen -= 1
+        return b
+
+    def slice(self, n: int) -> LinkBuffer:
+        """A new independent buffer over the next ``n`` bytes, sharing their memory.
+
+        Releases what was consumed before, as Netpoll's ``Slice`` does. The shared blocks
+        are never returned to the pool, so the slice survives this buffer's reuse.
+        """
+        _check_size(n)
+        self._check_read(n)
+        self.release()
+        out = LinkBuffer(self._size)
+        if n == 0:
+            return out
+        nodes = self._nodes
+        i = self._hi
+        left = n
+        while left:
+            node = nodes[i]
+            k = min(node.w - node.r, left)
+            if k:
+                node.pooled = False
+                out._nodes.append(_Node(node.buf, node.mv, node.r, node.r + k, node.r + k, False))
+                node.r += k
+                left -= k
+            if left:
+                i += 1
+        self._hi = i
+        self._rlen -= n
+        out._rlen = n
+        return out
+
+    def release(self) -> None:
+        """Free everything read so far; views handed out before become unusable."""
+        views = self._views
+        tainted = False
+        if views:
+            for v in views:
+                try:
+                    v.release()
+                except BufferError:
+                    # Someone holds an export of this view (memoryview(v), a numpy array):
+                    # it cannot be revoked, so its memory must never be reused.
+                    tainted = True
+            views.clear()
+        nodes = self._nodes
+        if not nodes:
+            return
+        if self._rlen == 0 and self._wlen == 0:
+            for node in nodes:
+                if tainted:
+                    node.pooled = False
+                _recycle(node)
+            nodes.clear()
+            self._hi = 0
+            return
+        hi = self._hi
+        head = nodes[hi]
+        while head.r == head.w and hi + 1 < len(nodes):
+            hi += 1
+            head = nodes[hi]
+        if hi:
+            for node in nodes[:hi]:
+                if tainted:
+                    node.pooled = False
+                _recycle(node)
+            del nodes[:hi]
+            self._hi = 0
+        if tainted:
+            nodes[0].pooled = False
+
+    # ------------------------------------------------------------------ writer side
+
+    def _tail_for(self, n: int) -> _Node:
+        """The tail node, or a fresh one, with at least ``n`` contiguous free bytes."""
+        nodes = self._nodes
+        if nodes:
+            tail = nodes[-1]
+            if tail.cap - tail.w >= n:
+                return tail
+        node = _new_node(n if n > self._size else self._size)
+        nodes.append(node)
+        return node
+
+    def malloc(self, n: int) -> memoryview:
+        """A writable view of ``n`` bytes, appended to the stream at the next flush."""
+        _check_size(n)
+        if self._closed:
+            raise ValueError("LinkBuffer is closed")
+        if n == 0:
+            return memoryview(bytearray(0))
+        tail = self._tail_for(n)
+        w = tail.w
+        tail.w = w + n
+        self._wlen += n
+        return tail.mv[w : w + n]
+
+    def malloc_len(self) -> int:
+        """Bytes written or allocated since the last flush."""
+        return self._wlen
+
+    def malloc_ack(self, n: int) -> None:
+        """Keep the first ``n`` unflushed bytes and drop the rest."""
+        _check_size(n)
+        if n > self._wlen:
+            raise ValueError(f"n={n} exceeds the {self._wlen} bytes allocated since the last flush")
+        drop = self._wlen - n
+        nodes = self._nodes
+        i = len(nodes) - 1
+        while drop:
+            node = nodes[i]
+            k = min(drop, node.w - node.r)
+            node.w -= k
+            drop -= k
+            if node.buf is None or not node.pooled:
+                node.cap = node.w  # borrowed or shared memory must never be written
+            i -= 1
+        self._wlen = n
+
+    def write_binary(self, b: bytes | bytearray | memoryview) -> int:
+        """Append a bytes-like object; large ones are referenced, so don't mutate until flush."""
+        mv = _as_bytes_view(b)
+        if self._closed:
+            raise ValueError("LinkBuffer is closed")
+        n = len(mv)
+        if n == 0:
+            return 0
+        if n >= NOCOPY_WRITE_THRESHOLD:
+            self._nodes.append(_Node(None, mv, 0, n, n, False))
+        else:
+            tail = self._tail_for(n)
+            w = tail.w
+            tail.mv[w : w + n] = mv
+            tail.w = w + n
+        self._wlen += n
+        return n
+
+    def write_string(self, s: str, encoding: str = "utf-8") -> int:
+        """Append ``s`` encoded with ``encoding``; returns the number of bytes."""
+        if not isinstance(s, str):
+            raise TypeError(f"s must be a str, not {type(s).__name__}")
+        return self.write_binary(s.encode(encoding))
+
+    def write_byte(self, b: int) -> None:
+        """Append one byte given as an int."""
+        if type(b) is not int:
+            raise TypeError(f"b must be an int, not {type(b).__name__}")
+        if not 0 <= b <= 255:
+            raise ValueError(f"b must be a byte value 0..255, got {b}")
+        if self._closed:
+            raise ValueError("LinkBuffer is closed")
+        tail = self._tail_for(1)
+        tail.mv[tail.w] = b
+        tail.w += 1
+        self._wlen += 1
+
+    def write_direct(self, p: bytes | bytearray | memoryview, remain_cap: int) -> None:
+        """Insert ``p`` into the last malloc region, ``remain_cap`` bytes before its end.
+
+        ``buf = malloc(a + b); write_direct(p, b)`` yields the stream ``buf[:a] + p +
+        buf[a:]`` with both parts of ``buf`` still writable (Netpoll's WriteDirect).
+        """
+        mv = _as_bytes_view(p, "p")
+        _check_size(remain_cap, "remain_cap")
+        tail = self._nodes[-1] if self._nodes else None
+        if tail is None or tail.buf is None or remain_cap > min(self._wlen, tail.w - tail.r):
+            raise ValueError(
+                f"remain_cap={remain_cap} exceeds the current malloc region "
+                f"({0 if tail is None else min(self._wlen, tail.w - tail.r)} bytes)"
+            )
+        n = len(mv)
+        if n == 0:
+            return
+        split = tail.w - remain_cap
+        copy = bytes(mv) if n < NOCOPY_WRITE_THRESHOLD else mv
+        middle = _Node(None, memoryview(copy), 0, n, n, False)
+        if remain_cap == 0:
+            self._nodes.append(middle)
+        else:
+            # The tail's block now backs two nodes; it must not return to the pool.
+            rest = _Node(tail.buf, tail.mv, split, tail.w, tail.cap, False)
+            tail.w = split
+            tail.cap = split
+            tail.pooled = False
+            self._nodes.append(middle)
+            self._nodes.append(rest)
+        self._wlen += n
+
+    def append(self, w: object) -> None:
+        """Move all of ``w``'s unflushed data to this buffer's tail without copying."""
+        if not isinstance(w, LinkBuffer):
+            inner = getattr(w, "_wbuf", None)  # adapters and connections keep one
+            if not isinstance(inner, LinkBuffer):
+                raise TypeError(f"w must be a netpoll Writer, not {type(w).__name__}")
+            w = inner
+        if w is self:
+            raise ValueError("cannot append a LinkBuffer to itself")
+        if self._closed:
+            raise ValueError("LinkBuffer is closed")
+        n = w._wlen
+        if n == 0:
+            return
+        self._nodes.extend(w._take_unflushed())
+        self._wlen += n
+
+    def _take_unflushed(self) -> list[_Node]:
+        """Detach the unflushed bytes as nodes owned by the caller."""
+        n = self._wlen
+        nodes = self._nodes
+        out: list[_Node] = []
+        # Walk back from the tail to the node where unflushed data starts.
+        i = len(nodes) - 1
+        seen = 0
+        while seen < n:
+            seen += nodes[i].w - nodes[i].r
+            i -= 1
+        i += 1
+        first = nodes[i]
+        start = first.w - (n - (seen - (first.w - first.r)))
+        if start > 0:
+            # The block also holds readable or consumed bytes (whose views may still be
+            # out): hand over a borrowed piece and keep the block out of the pool.
+            first.pooled = False
+            out.append(_Node(first.buf, first.mv, start, first.w, first.w, False))
+            first.w = start
+            first.cap = start
+            i += 1
+        out.extend(nodes[i:])
+        del nodes[i:]
+        if self._hi >= len(nodes):
+            self._hi = max(len(nodes) - 1, 0)
+        self._wlen = 0
+        return out
+
+    def flush(self) -> None:
+        """Make everything written so far readable."""
+        if self._closed:
+            raise ValueError("LinkBuffer is closed")
+        self._rlen += self._wlen
+        self._wlen = 0
+
+    # ------------------------------------------------------------------ whole buffer
+
+    def get_bytes(self) -> list[memoryview]:
+        """Readable data as a list of views (for ``sendmsg``), valid until ``release()``."""
+        views = self._readable_views()
+        self._views.extend(views)
+        return views
+
+    def _readable_views(self, limit: int = 1024) -> list[memoryview]:
+        out: list[memoryview] = []
+        left = self._rlen
+        nodes = self._nodes
+        i = self._hi
+        while left and len(out) < limit:
+            node = nodes[i]
+            k = min(node.w - node.r, left)
+            if k:
+                out.append(node.mv[node.r : node.r + k])
+                left -= k
+            i += 1
+        return out
+
+    def close(self) -> None:
+        """Drop all data and return the memory to the pool; further use raises."""
+        if self._closed:
+            return
+        self._rlen = self._wlen = 0
+        self.release()
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()``."""
+        return self._closed
+
+    # ------------------------------------------------------------------ socket hooks
+
+    def recv_target(self, min_free: int, size: int) -> memoryview:
+        """Free tail space to receive into: at least ``min_free`` bytes, else a new node.
+
+        The caller fills a prefix of the view and reports it with ``commit_recv``.
+        """
+        nodes = self._nodes
+        if nodes:
+            tail = nodes[-1]
+            if tail.cap - tail.w >= min_free and tail.buf is not None:
+                if tail.w == 0:
+                    return tail.mv
+                return tail.mv[tail.w : tail.cap]
+        node = _new_node(size)
+        nodes.append(node)
+        return node.mv
+
+    def commit_recv(self, n: int) -> None:
+        """Publish ``n`` bytes received into the view ``recv_target`` gave: readable now."""
+        self._nodes[-1].w += n
+        self._rlen += n
+
+    def drop_empty_tail(self) -> None:
+        """Return an unused fresh tail node (after a receive that got nothing)."""
+        nodes = self._nodes
+        if nodes and self._rlen == 0 and self._wlen == 0 and not self._views:
+            for node in nodes:
+                _recycle(node)
+            nodes.clear()
+            self._hi = 0
+
+    def send_views(self) -> list[memoryview]:
+        """Readable data as views for ``sendmsg``, untracked (the caller drops them)."""
+        return self._readable_views()
+
+    def consume_sent(self, n: int) -> None:
+        """Discard ``n`` readable bytes that the kernel took, recycling drained nodes."""
+        self._advance(n)
+        if self._rlen == 0 and self._wlen == 0:
+            if not self._views:
+                for node in self._nodes:
+                    _recycle(node)
+                self._nodes.clear()
+                self._hi = 0
+            else:
+                self.release()
+
+    def write_views(self, views: Iterable[memoryview]) -> None:
+        """Append borrowed views (internal helper for adapters)."""
+        for v in views:
+            self.write_binary(v)

@@ -1,0 +1,1 @@
+"""The poll layer: OS readiness backends, pollers, fd operators and their manager."""

@@ -1,0 +1,326 @@
+"""The poller: one readiness backend served by a leader thread, with hand-off on blocking.
+
+Handlers run inline on the thread that polled (the leader), which is as fast as a
+hand-written event loop. A handler may block, though (``next(n)`` waiting for bytes, a
+slow call). Before the library blocks a leader it hands the leader role to a follower
+thread (``before_block``), as Go's scheduler hands off its P when a goroutine enters a
+syscall; for blocking it cannot see (``time.sleep`` in user code), a monitor thread notices
+a leader stuck in one batch and promotes a follower. The old leader finishes its handler,
+finds it was replaced, drops the rest of its batch and becomes a follower. Dropping is
+safe because the backend is level-triggered: whatever was not handled is reported again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Final
+
+from ._backend import Backend, new_backend
+
+__all__ = ["Poller", "Timer", "before_block", "current_poller"]
+
+_log = logging.getLogger("netpoll")
+
+MONITOR_INTERVAL: Final = 0.02  # seconds between the monitor's looks at the pollers
+MAX_IDLE_FOLLOWERS: Final = 8
+FOLLOWER_IDLE_EXIT: Final = 30.0  # an idle follower beyond the first exits after this
+
+_tls = threading.local()
+
+
+def current_poller() -> Poller | None:
+    """The poller the calling thread currently leads, if any."""
+    return getattr(_tls, "leading", None)
+
+
+def before_block() -> None:
+    """Called before the library blocks: a leading thread hands its role to a follower."""
+    poller = getattr(_tls, "leading", None)
+    if poller is not None:
+        _tls.leading = None
+        poller.handoff()
+
+
+class Timer:
+    """A one-shot callback on a poller's timer heap; ``cancel()`` before it runs."""
+
+    __slots__ = ("deadline", "fn")
+
+    def __init__(self, deadline: float, fn: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.fn: Callable[[], None] | None = fn
+
+    def cancel(self) -> None:
+        self.fn = None
+
+
+class _Follower:
+    __slots__ = ("epoch", "gate")
+
+    def __init__(self) -> None:
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.epoch = -1
+
+
+class Poller:
+    """One backend, its fd handlers and timers, and the threads that take turns leading."""
+
+    def __init__(self, index: int, backend: Backend | None = None) -> None:
+        self.index = index
+        self.backend = backend or new_backend()
+        self._handlers: dict[int, Callable[[int], None]] = {}
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._leader_ident = 0
+        self._idle: list[_Follower] = []
+        self._threads = 0
+        self._closed = False
+        self._busy = False  # leader is handling events (not waiting)
+        self._tick = 0  # batches handled; the monitor watches it move
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._tseq = itertools.count()
+        self.now = time.monotonic()  # coarse clock, refreshed after every wait
+        waker = self.backend.waker
+        self._handlers[waker.rfd] = lambda _ev: waker.drain()
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"<Poller #{self.index} {self.backend.name} fds={len(self._handlers) - 1}>"
+
+    # --------------------------------------------------------------- registration
+
+    def attach(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
+        """Start watching ``fd`` for ``events``; ``handler(events)`` runs when ready."""
+        self._handlers[fd] = handler
+        try:
+            self.backend.register(fd, events)
+        except BaseException:
+            self._handlers.pop(fd, None)
+            raise
+        if not self._started:
+            self.start()
+
+    def modify(self, fd: int, events: int) -> None:
+        self.backend.modify(fd, events)
+
+    def detach(self, fd: int) -> None:
+        """Stop watching ``fd``; safe if it was already closed."""
+        self._handlers.pop(fd, None)
+        try:
+            self.backend.unregister(fd)
+        except (OSError, ValueError, KeyError):
+            pass
+
+    @property
+    def fd_count(self) -> int:
+        """Number of fds watched (the wake-up fd excluded)."""
+        return len(self._handlers) - 1
+
+    # --------------------------------------------------------------- timers
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        """Run ``fn`` on the leader thread after ``delay`` seconds."""
+        timer = Timer(time.monotonic() + max(delay, 0.0), fn)
+        with self._lock:
+            heapq.heappush(self._timers, (timer.deadline, next(self._tseq), timer))
+            first = self._timers[0][2] is timer
+            idle = not self._busy
+        if first and idle:
+            self.backend.trigger()
+        if not self._started:
+            self.start()
+        return timer
+
+    def _next_timeout_locked(self) -> float:
+        timers = self._timers
+        while timers and timers[0][2].fn is None:
+            heapq.heappop(timers)
+        if not timers:
+            return -1.0
+        return max(timers[0][0] - time.monotonic(), 0.0)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        due: list[Callable[[], None]] = []
+        with self._lock:
+            timers = self._timers
+            while timers and timers[0][0] <= now:
+                fn = heapq.heappop(timers)[2].fn
+                if fn is not None:
+                    due.append(fn)
+        for fn in due:
+            try:
+                fn()
+            except Exception:
+                _log.exception("netpoll: timer callback failed")
+
+    # --------------------------------------------------------------- threads
+
+    def start(self) -> None:
+        """Start the first leader thread (idempotent)."""
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+            self._promote_locked()
+        _monitor.watch(self)
+
+    def _promote_locked(self) -> None:
+        """Make a new leader: wake an idle follower or start a thread. Lock held."""
+        self._epoch += 1
+        self._leader_ident = 0
+        epoch = self._epoch
+        if self._idle:
+            f = self._idle.pop()
+            f.epoch = epoch
+            f.gate.release()
+            return
+        self._threads += 1
+        t = threading.Thread(
+            target=self._thread_main,
+            args=(epoch,),
+            name=f"netpoll-poller-{self.index}",
+            daemon=True,
+        )
+        t.start()
+
+    def handoff(self) -> None:
+        """Give up leadership from the leading thread (it is about to block)."""
+        with self._lock:
+            if self._leader_ident == threading.get_ident() and not self._closed:
+                self._promote_locked()
+
+    def _monitor_check(self, seen_tick: int) -> int:
+        """Promote a follower if the leader sat in one batch since the last look."""
+        with self._lock:
+            tick = self._tick
+            if self._busy and tick == seen_tick and self._leader_ident and not self._closed:
+                _log.debug("netpoll: poller %d leader blocked in a handler; promoting", self.index)
+                self._promote_locked()
+        return tick
+
+    def _thread_main(self, epoch: int) -> None:
+        try:
+            while epoch >= 0:
+                self._lead(epoch)
+                epoch = self._follow()
+        except BaseException:  # pragma: no cover - a bug in the poller itself
+            _log.exception("netpoll: poller %d thread died", self.index)
+            with self._lock:
+                self._threads -= 1
+                if not self._closed:
+                    self._promote_locked()
+
+    def _follow(self) -> int:
+        """Wait, idle, until promoted; -1 means exit the thread."""
+        f = _Follower()
+        with self._lock:
+            if self._closed or len(self._idle) >= MAX_IDLE_FOLLOWERS:
+                self._threads -= 1
+                return -1
+            self._idle.append(f)
+        if f.gate.acquire(timeout=FOLLOWER_IDLE_EXIT):
+            return f.epoch
+        with self._lock:
+            if f in self._idle:
+                self._idle.remove(f)
+                self._threads -= 1
+                return -1
+        f.gate.acquire()  # promoted just as the wait timed out
+        return f.epoch
+
+    def _lead(self, epoch: int) -> None:
+        """The event loop, run while ``epoch`` is current."""
+        _tls.leading = self
+        lock = self._lock
+        handlers = self._handlers
+        wait = self.backend.wait
+        monotonic = time.monotonic
+        with lock:
+            self._leader_ident = threading.get_ident()
+        try:
+            while True:
+                with lock:
+                    if self._epoch != epoch or self._closed:
+                        return
+                    self._busy = False
+                    timeout = self._next_timeout_locked() if self._timers else -1.0
+                events = wait(timeout)
+                self._busy = True
+                self._tick += 1
+                self.now = monotonic()
+                for fd, ev in events:
+                    handler = handlers.get(fd)
+                    if handler is not None:
+                        try:
+                            handler(ev)
+                        except Exception:
+                            _log.exception("netpoll: event handler for fd %d failed", fd)
+                        if self._epoch != epoch:
+                            return
+                if self._timers and self._timers[0][0] <= monotonic():
+                    self._run_timers()
+                    if self._epoch != epoch:
+                        return
+        finally:
+            if getattr(_tls, "leading", None) is self:
+                _tls.leading = None
+            self._busy = False
+
+    def close(self) -> None:
+        """Stop the poller threads and close the backend (connections must be gone)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._epoch += 1
+            idle, self._idle = self._idle, []
+        for f in idle:
+            f.epoch = -1
+            f.gate.release()
+        self.backend.trigger()
+        _monitor.unwatch(self)
+
+
+class _Monitor:
+    """Looks at every poller each interval; promotes a follower where a leader is stuck."""
+
+    def __init__(self) -> None:
+        self._pollers: weakref.WeakKeyDictionary[Poller, int] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.interval = MONITOR_INTERVAL
+
+    def watch(self, poller: Poller) -> None:
+        with self._lock:
+            self._pollers[poller] = -1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="netpoll-monitor", daemon=True
+                )
+                self._thread.start()
+
+    def unwatch(self, poller: Poller) -> None:
+        with self._lock:
+            self._pollers.pop(poller, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            with self._lock:
+                items = list(self._pollers.items())
+            for poller, seen in items:
+                tick = poller._monitor_check(seen)
+                with self._lock:
+                    if poller in self._pollers:
+                        self._pollers[poller] = tick
+
+
+_monitor = _Monitor()

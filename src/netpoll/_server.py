@@ -1,0 +1,360 @@
+"""EventLoop: accepts connections, runs the callbacks in order, shuts down gracefully."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from . import _config
+from . import _connection as C
+from ._connection import Connection, OnRequest, _Hooks, _timeout_value
+from ._linkbuffer import _check_size
+from ._listener import Listener
+from ._poll._manager import manager
+from ._poll._operator import FDOperator, PollEvent
+from ._poll._poller import Poller, Timer
+
+__all__ = ["EventLoop", "ServerStats"]
+
+_log = logging.getLogger("netpoll")
+
+_ACCEPT_BATCH: Final = 64
+_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_PAUSE_MIN: Final = 0.05
+_PAUSE_MAX: Final = 1.0
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """A snapshot of an EventLoop's counters."""
+
+    connections_open: int
+    connections_accepted: int
+    connections_closed: int
+    bytes_received: int
+    bytes_sent: int
+    handler_exceptions: int
+    closed_by_read_timeout: int
+    closed_by_write_timeout: int
+    closed_by_idle_timeout: int
+    accept_pauses: int
+
+
+class _ServerHooks(_Hooks):
+    """The EventLoop's side of its connections: callbacks, bookkeeping, draining."""
+
+    __slots__ = ("_loop", "draining")
+
+    def __init__(self, loop: EventLoop) -> None:
+        self._loop = loop
+        self.draining = False
+
+    def on_disconnect(self, conn: Connection) -> None:
+        fn = self._loop._on_disconnect
+        if fn is not None:
+            try:
+                fn(conn._ctx, conn)
+            except Exception:
+                _log.exception("netpoll: on_disconnect raised on %r", conn)
+
+    def on_closed(self, conn: Connection, reason: str) -> None:
+        self._loop._forget(conn, reason)
+
+    def on_handler_error(self, conn: Connection, exc: BaseException) -> None:
+        with self._loop._lock:
+            self._loop._handler_errors += 1
+
+    def on_idle(self, conn: Connection) -> None:
+        conn._close(C.CLOSE_SHUTDOWN)
+
+
+class EventLoop:
+    """A netpoll server: ``serve(listener)`` runs it, ``shutdown()`` stops it gracefully.
+
+    ``on_request(ctx, conn)`` runs whenever a connection has unread input, never twice at
+    once for one connection. It may block; other connections keep being served.
+    """
+
+    def __init__(
+        self,
+        on_request: OnRequest,
+        *,
+        on_prepare: Callable[[Connection], Any] | None = None,
+        on_connect: Callable[[Any, Connection], Any] | None = None,
+        on_disconnect: Callable[[Any, Connection], Any] | None = None,
+        read_timeout: float | None = None,
+        write_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        read_buffer_limit: int | None = None,
+    ) -> None:
+        if not callable(on_request):
+            raise TypeError(f"on_request must be callable, not {type(on_request).__name__}")
+        for name, fn in (
+            ("on_prepare", on_prepare),
+            ("on_connect", on_connect),
+            ("on_disconnect", on_disconnect),
+        ):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
+        self._on_request = on_request
+        self._on_prepare = on_prepare
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._read_timeout = _timeout_value(read_timeout, "read_timeout")
+        self._write_timeout = _timeout_value(write_timeout, "write_timeout")
+        self._idle_timeout = _timeout_value(idle_timeout, "idle_timeout")
+        if read_buffer_limit is not None:
+            _check_size(read_buffer_limit, "read_buffer_limit")
+            if read_buffer_limit == 0:
+                raise ValueError("read_buffer_limit must be > 0")
+        self._read_buffer_limit = read_buffer_limit
+        self._hooks = _ServerHooks(self)
+        self._lock = threading.Lock()
+        self._conns: set[Connection] = set()
+        self._serving = False
+        self._stopped = threading.Event()
+        self._drained = threading.Condition(self._lock)
+        self._lsock: socket.socket | None = None
+        self._lop: FDOperator | None = None
+        self._lpoller: Poller | None = None
+        self._pause_timer: Timer | None = None
+        self._pause_delay = _PAUSE_MIN
+        self._fatal: BaseException | None = None
+        # counters
+        self._accepted = 0
+        self._closed = 0
+        self._closed_in = 0
+        self._closed_out = 0
+        self._handler_errors = 0
+        self._timeouts = {
+            C.CLOSE_READ_TIMEOUT: 0,
+            C.CLOSE_WRITE_TIMEOUT: 0,
+            C.CLOSE_IDLE_TIMEOUT: 0,
+        }
+        self._accept_pauses = 0
+
+    # ------------------------------------------------------------------ serving
+
+    def serve(self, listener: Listener | socket.socket) -> None:
+        """Accept and serve connections until ``shutdown()``; blocks the caller."""
+        if isinstance(listener, Listener):
+            lsock = listener.socket
+        elif isinstance(listener, socket.socket):
+            lsock = listener
+        else:
+            raise TypeError(
+                f"listener must be a netpoll Listener or a socket.socket, "
+                f"not {type(listener).__name__}"
+            )
+        with self._lock:
+            if self._serving:
+                raise RuntimeError("this EventLoop is already serving")
+            self._serving = True
+            self._stopped.clear()
+            self._hooks.draining = False
+            self._fatal = None
+        try:
+            lsock.setblocking(False)
+            poller = manager().pick(None)
+            self._lsock = lsock
+            self._lpoller = poller
+            self._lop = FDOperator(lsock.fileno(), self._on_acceptable, poller)
+            self._lop.control(PollEvent.READABLE)
+            self._stopped.wait()
+            if self._fatal is not None:
+                raise self._fatal
+        finally:
+            with self._lock:
+                self._serving = False
+
+    def _on_acceptable(self, _ev: int) -> None:
+        lsock = self._lsock
+        if lsock is None:
+            return
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _EXHAUSTED:
+                    self._pause_accepting(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                if exc.errno == errno.EBADF or lsock.fileno() < 0:
+                    return  # closed under us by shutdown
+                _log.error("netpoll: accept failed fatally: %s", exc)
+                self._fatal = exc
+                self._stop_accepting()
+                self._stopped.set()
+                return
+            self._pause_delay = _PAUSE_MIN
+            self._new_connection(sock, addr)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors: stop watching the listener and retry later, with backoff."""
+        op = self._lop
+        if op is None or self._lpoller is None:
+            return
+        op.control(PollEvent.DETACH)
+        delay = self._pause_delay
+        self._pause_delay = min(delay * 2, _PAUSE_MAX)
+        with self._lock:
+            self._accept_pauses += 1
+            first = self._accept_pauses == 1 or delay == _PAUSE_MIN
+        if first:
+            _log.warning(
+                "netpoll: accept failed (%s); pausing the listener, retrying in %.2fs",
+                exc.strerror,
+                delay,
+            )
+        self._pause_timer = self._lpoller.call_later(delay, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._pause_timer = None
+        op = self._lop
+        if op is not None and self._lsock is not None and not self._hooks.draining:
+            op.control(PollEvent.READABLE)
+
+    def _new_connection(self, sock: socket.socket, addr: Any) -> None:
+        try:
+            conn = Connection(
+                sock,
+                manager().pick(addr),
+                on_request=self._on_request,
+                read_timeout=self._read_timeout or None,
+                write_timeout=self._write_timeout or None,
+                read_buffer_limit=self._read_buffer_limit,
+                hooks=self._hooks,
+                remote_addr=addr,
+            )
+        except OSError as exc:
+            _log.warning("netpoll: could not set up a connection from %r: %s", addr, exc)
+            sock.close()
+            return
+        conn._processing = True  # the connect task owns the connection until on_connect ends
+        if self._on_prepare is not None:
+            try:
+                conn._ctx = self._on_prepare(conn)
+            except Exception:
+                _log.exception("netpoll: on_prepare raised; closing %r", conn)
+                conn._processing = False
+                conn._close(C.CLOSE_HANDLER)
+                return
+        with self._lock:
+            self._accepted += 1
+            self._conns.add(conn)
+        if self._idle_timeout:
+            conn.set_idle_timeout(self._idle_timeout)
+        conn._register()
+        on_connect = self._on_connect
+        runner = _config.get_config().runner
+        if runner is None:
+            conn._connect_task(on_connect)
+        else:
+            runner(conn._ctx, lambda: conn._connect_task(on_connect))
+
+    def _forget(self, conn: Connection, reason: str) -> None:
+        with self._lock:
+            if conn in self._conns:
+                self._conns.discard(conn)
+                self._closed += 1
+                self._closed_in += conn._bytes_in
+                self._closed_out += conn._bytes_out
+                if reason in self._timeouts:
+                    self._timeouts[reason] += 1
+                if not self._conns:
+                    self._drained.notify_all()
+
+    # ------------------------------------------------------------------ stopping
+
+    def _stop_accepting(self) -> None:
+        op, self._lop = self._lop, None
+        if op is not None:
+            op.control(PollEvent.DETACH)
+        timer, self._pause_timer = self._pause_timer, None
+        if timer is not None:
+            timer.cancel()
+        lsock, self._lsock = self._lsock, None
+        if lsock is not None:
+            try:
+                lsock.close()
+            except OSError:
+                pass
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, close idle connections now, wait for busy ones, then return.
+
+        Raises TimeoutError if some connections are still busy after ``timeout`` seconds;
+        those are left running, not force-closed. ``serve`` returns either way.
+        """
+        limit = _timeout_value(timeout, "timeout")
+        self._hooks.draining = True
+        self._stop_accepting()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            self._close_if_idle(conn)
+        deadline = time.monotonic() + limit if limit else None
+        try:
+            with self._lock:
+                while self._conns:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(
+                            f"shutdown timed out with {len(self._conns)} busy connection(s)"
+                        )
+                    self._drained.wait(left)
+        finally:
+            self._stopped.set()
+
+    def _close_if_idle(self, conn: Connection) -> None:
+        """During shutdown: close a connection unless it is busy or has input to answer."""
+        with conn._lock:
+            if conn._state != C._OPEN or conn._processing or conn._need:
+                return
+            if conn._in._rlen == 0 and not conn._eof:
+                conn._read_through_locked()  # requests already in the kernel still count
+            start = bool(conn._in._rlen) and conn._connected and conn._on_request is not None
+            if start:
+                conn._processing = True
+        if start:
+            conn._start_task()
+        else:
+            conn._close(C.CLOSE_SHUTDOWN)
+
+    # ------------------------------------------------------------------ introspection
+
+    def stats(self) -> ServerStats:
+        """Counters since the loop was created (cheap: no per-request bookkeeping)."""
+        with self._lock:
+            live = list(self._conns)
+            return ServerStats(
+                connections_open=len(live),
+                connections_accepted=self._accepted,
+                connections_closed=self._closed,
+                bytes_received=self._closed_in + sum(c._bytes_in for c in live),
+                bytes_sent=self._closed_out + sum(c._bytes_out for c in live),
+                handler_exceptions=self._handler_errors,
+                closed_by_read_timeout=self._timeouts[C.CLOSE_READ_TIMEOUT],
+                closed_by_write_timeout=self._timeouts[C.CLOSE_WRITE_TIMEOUT],
+                closed_by_idle_timeout=self._timeouts[C.CLOSE_IDLE_TIMEOUT],
+                accept_pauses=self._accept_pauses,
+            )
+
+    @property
+    def addr(self) -> Any:
+        """The listening address while serving, else None."""
+        lsock = self._lsock
+        return None if lsock is None else lsock.getsockname()
+
+    @property
+    def serving(self) -> bool:
+        return self._serving
