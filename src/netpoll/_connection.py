@@ -25,7 +25,7 @@ from ._errors import (
     WriteTimeoutError,
     closed_error,
 )
-from ._linkbuffer import LinkBuffer, _check_size, _delim_byte
+from ._linkbuffer import POOL, LinkBuffer, _check_size, _delim_byte, _size_class
 from ._nocopy import Reader, Writer, writer_buffer
 from ._poll._backend import EVENT_OUT
 from ._poll._operator import FDOperator, PollEvent
@@ -110,6 +110,7 @@ class Connection:
         "_eof_handled",
         "_fd",
         "_hooks",
+        "_hot",
         "_idle_timeout",
         "_idle_timer",
         "_in",
@@ -124,11 +125,13 @@ class Connection:
         "_processing",
         "_read_limit",
         "_read_timeout",
-        "_recv_size",
+        "_recv_cls",
         "_remote_addr",
+        "_shed_mark",
         "_sock",
         "_state",
         "_wbuf",
+        "_wpend",
         "_write_timeout",
         "_wwaiting",
     )
@@ -158,7 +161,10 @@ class Connection:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._in = LinkBuffer()
+        self._hot = False  # the input keeps a drained block; the poller's sweep tracks it
+        self._shed_mark = -1
         self._wbuf = LinkBuffer()
+        self._wpend: bytes | memoryview | None = None
         self._state = _OPEN
         self._eof = False  # the peer's end of stream (or a reset) was seen
         self._eof_handled = False
@@ -183,7 +189,8 @@ class Connection:
         self._bytes_out = 0
         self._last = time.monotonic()
         self._wwaiting = False
-        self._recv_size = _config.get_config().buffer_size
+        self._recv_cls = _size_class(_config.get_config().buffer_size)
+        self._in.keep_drained_block(self._recv_cls)
         try:
             self._local_addr: Any = sock.getsockname()
         except OSError:
@@ -220,15 +227,31 @@ class Connection:
             if self._state != _OPEN or self._eof_handled:
                 return
             inb = self._in
+            nodes = inb._nodes
+            # Receive into the tail's free space, or a fresh pooled node (inlined
+            # LinkBuffer.recv_target/commit_recv: this runs once per readable event).
+            tail = nodes[-1] if nodes else None
+            if tail is not None and tail.cap - tail.w >= _MIN_RECV_FREE and tail.buf is not None:
+                w = tail.w
+                target = tail.mv[w : tail.cap]
+            else:
+                tail = POOL.take(self._recv_cls)
+                nodes.append(tail)
+                w = 0
+                target = tail.mv
+                if not self._hot:
+                    self._hot = True
+                    self._poller.note_hot(self)
             try:
-                n = self._sock.recv_into(inb.recv_target(_MIN_RECV_FREE, self._recv_size))
+                n = self._sock.recv_into(target)
             except (BlockingIOError, InterruptedError):
                 inb.drop_empty_tail()
                 return
             except OSError:
                 n = 0  # a reset: treated as the end of the stream
             if n:
-                inb.commit_recv(n)
+                tail.w = w + n
+                inb._rlen += n
                 self._bytes_in += n
                 self._last = self._poller.now
                 need = self._need
@@ -283,6 +306,20 @@ class Connection:
             self._hooks.on_disconnect(self)
         if close_now:
             self._close(CLOSE_PEER)
+
+    def _maybe_shed(self) -> bool:
+        """Poller sweep: return the kept receive block if nothing arrived since last look."""
+        with self._lock:
+            if self._state != _OPEN:
+                self._hot = False
+                return True
+            if self._bytes_in != self._shed_mark or self._processing or self._need:
+                self._shed_mark = self._bytes_in
+                return False
+            if self._in.shed() or not self._in._nodes:
+                self._hot = False
+                return True
+            return False
 
     def _pause_locked(self) -> None:
         if not self._paused:
@@ -348,7 +385,8 @@ class Connection:
             except Exception as exc:
                 self._handler_failed(exc)
                 return
-            with lock:
+            lock.acquire()
+            try:
                 left = inb._rlen
                 if self._state == _OPEN and handler is self._on_request:
                     if left and (left != before or self._bytes_in != received):
@@ -360,6 +398,8 @@ class Connection:
                 if self._paused:
                     self._maybe_resume_locked()
                 closed = self._state != _OPEN
+            finally:
+                lock.release()
             break
         if closed:
             self._drop_buffers()
@@ -623,7 +663,7 @@ class Connection:
             return False
         inb = self._in
         try:
-            n = self._sock.recv_into(inb.recv_target(_MIN_RECV_FREE, self._recv_size))
+            n = self._sock.recv_into(inb.recv_target(_MIN_RECV_FREE, self._recv_cls))
         except (BlockingIOError, InterruptedError):
             inb.drop_empty_tail()
             return False
@@ -639,13 +679,25 @@ class Connection:
 
     def next(self, n: int) -> memoryview:
         """The next ``n`` bytes, zero-copy when possible; blocks until they arrive."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             inb = self._in
-            if self._state == _OPEN and type(n) is int and 0 <= n <= inb._rlen:
+            if self._state == _OPEN and type(n) is int and 0 < n <= inb._rlen:
+                node = inb._nodes[inb._hi]
+                r = node.r
+                if node.w - r >= n:  # the common case, LinkBuffer.next inlined
+                    node.r = r + n
+                    inb._rlen -= n
+                    v = node.mv[r : r + n]
+                    inb._views.append(v)
+                    return v
                 return inb.next(n)
             _check_size(n)
             self._ensure_locked(n)
             return inb.next(n)
+        finally:
+            lock.release()
 
     def peek(self, n: int) -> memoryview:
         """Like ``next`` without advancing."""
@@ -719,12 +771,16 @@ class Connection:
 
     def release(self) -> None:
         """Free what was read; views handed out before become unusable."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._state == _CLOSED:
                 raise ConnectionClosedError("connection is closed")
             self._in.release()
             if self._paused:
                 self._maybe_resume_locked()
+        finally:
+            lock.release()
 
     def read(self, n: int = -1) -> bytes:
         """Copying read as in Go's ``net.Conn``: wait for a byte, return up to ``n``.
@@ -774,51 +830,75 @@ class Connection:
         if self._state != _OPEN:
             raise ConnectionClosedError("connection is closed")
 
+    # A lone write_binary of bytes or a memoryview into an empty output buffer is kept
+    # in ``_wpend`` instead of being copied into a node: flush then sends it directly. Any
+    # other writer call first moves it into the buffer (``_spill``), keeping the order.
+
+    def _spill(self) -> None:
+        p = self._wpend
+        if p is not None:
+            self._wpend = None
+            self._wbuf.write_binary(p)
+
     def malloc(self, n: int) -> memoryview:
         """A writable view of ``n`` bytes, sent at the next flush."""
         if self._state != _OPEN:
             self._check_open()
+        if self._wpend is not None:
+            self._spill()
         return self._wbuf.malloc(n)
 
     def malloc_len(self) -> int:
         """Bytes written or allocated and not yet flushed."""
         if self._state != _OPEN:
             self._check_open()
-        return self._wbuf._wlen
+        p = self._wpend
+        return self._wbuf._wlen + (0 if p is None else len(p))
 
     def malloc_ack(self, n: int) -> None:
         """Keep the first ``n`` unflushed bytes; drop the rest."""
         self._check_open()
+        self._spill()
         self._wbuf.malloc_ack(n)
 
     def write_binary(self, b: bytes | bytearray | memoryview) -> int:
-        """Append bytes for the next flush; large ones are referenced, not copied."""
+        """Append bytes for the next flush; don't mutate ``b`` until then (it may be referenced)."""
         if self._state != _OPEN:
             self._check_open()
+        if self._wpend is None:
+            if not self._wbuf._nodes and (
+                type(b) is bytes or (type(b) is memoryview and b.format == "B" and b.ndim == 1)
+            ):
+                self._wpend = b
+                return len(b)
+        else:
+            self._spill()
         return self._wbuf.write_binary(b)
 
     def write_string(self, s: str, encoding: str = "utf-8") -> int:
         self._check_open()
+        self._spill()
         return self._wbuf.write_string(s, encoding)
 
     def write_byte(self, b: int) -> None:
         self._check_open()
+        self._spill()
         self._wbuf.write_byte(b)
 
     def write_direct(self, p: bytes | bytearray | memoryview, remain_cap: int) -> None:
         self._check_open()
+        self._spill()
         self._wbuf.write_direct(p, remain_cap)
 
     def append(self, w: Writer) -> None:
         """Move ``w``'s unflushed data to this connection's output, zero-copy."""
         self._check_open()
+        self._spill()
         self._wbuf.append(writer_buffer(w))
 
     def write(self, b: bytes | bytearray | memoryview) -> int:
         """Copying write as in Go's ``net.Conn``: append ``b`` and flush."""
-        if self._state != _OPEN:
-            self._check_open()
-        n = self._wbuf.write_binary(b)
+        n = self.write_binary(b)
         self.flush()
         return n
 
@@ -830,6 +910,34 @@ class Connection:
         """
         if self._state != _OPEN:
             self._check_open()
+        p = self._wpend
+        if p is not None:
+            self._wpend = None
+            if not self._wbuf._nodes:
+                lock = self._lock
+                lock.acquire()
+                try:
+                    if self._state == _OPEN:
+                        try:
+                            n = self._sock.send(p)
+                        except (BlockingIOError, InterruptedError):
+                            n = 0
+                        except OSError:
+                            n = -1  # the slow path below meets the error again and reports it
+                        if n > 0:
+                            self._bytes_out += n
+                            if n == len(p):
+                                self._last = time.monotonic()
+                                return
+                        elif n < 0:
+                            n = 0
+                        p = memoryview(p)[n:]
+                finally:
+                    lock.release()
+            self._wbuf.write_binary(p)
+        self._flush_buffer()
+
+    def _flush_buffer(self) -> None:
         out = self._wbuf
         out.flush()
         if not out._rlen:

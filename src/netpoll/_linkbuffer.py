@@ -33,47 +33,6 @@ def _size_class(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-class _BlockPool:
-    """Free lists of bytearrays by power-of-two size, so steady traffic never allocates.
-
-    ``list.append``/``list.pop`` are atomic on both GIL and free-threaded CPython, so the
-    pool needs no lock of its own; the per-class cap is advisory.
-    """
-
-    __slots__ = ("_free",)
-
-    def __init__(self) -> None:
-        self._free: dict[int, list[tuple[bytearray, memoryview]]] = {}
-
-    def get(self, size: int) -> tuple[bytearray, memoryview]:
-        cls = _size_class(size)
-        free = self._free.get(cls)
-        if free:
-            try:
-                return free.pop()
-            except IndexError:  # another thread took the last one
-                pass
-        buf = bytearray(cls)
-        return buf, memoryview(buf)
-
-    def put(self, buf: bytearray, mv: memoryview) -> None:
-        cls = len(buf)
-        if cls > _MAX_POOLED:
-            return
-        free = self._free.get(cls)
-        if free is None:
-            free = self._free.setdefault(cls, [])
-        if len(free) * cls < _POOL_BYTES_PER_CLASS:
-            free.append((buf, mv))
-
-    def pooled_bytes(self) -> int:
-        """Bytes currently parked in the pool (for tests and stats)."""
-        return sum(cls * len(lst) for cls, lst in self._free.items())
-
-
-POOL: Final = _BlockPool()
-
-
 class _Node:
     """One contiguous piece of the chain: a pooled block, or a borrowed read-only view."""
 
@@ -90,16 +49,68 @@ class _Node:
         self.pooled = pooled  # False once the memory is shared with a slice or a split
 
 
+class _BlockPool:
+    """Free lists of nodes with power-of-two blocks, so steady traffic never allocates.
+
+    ``list.append``/``list.pop`` are atomic on both GIL and free-threaded CPython, so the
+    pool needs no lock of its own; the per-class cap is advisory. A node in a free list
+    belongs to no buffer: buffers drop their reference before recycling it.
+    """
+
+    __slots__ = ("_free",)
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[_Node]] = {}
+
+    def free_list(self, cls: int) -> list[_Node]:
+        """The free list of one size class (callers cache it for a fast ``take``)."""
+        free = self._free.get(cls)
+        if free is None:
+            free = self._free.setdefault(cls, [])
+        return free
+
+    def take(self, cls: int) -> _Node:
+        """A clean node whose block holds exactly ``cls`` bytes."""
+        free = self._free.get(cls)
+        if free:
+            try:
+                node = free.pop()
+            except IndexError:  # another thread took the last one
+                pass
+            else:
+                node.pooled = True
+                return node
+        buf = bytearray(cls)
+        return _Node(buf, memoryview(buf), 0, 0, cls, True)
+
+    def put(self, node: _Node) -> None:
+        """Return a node's block for reuse (only nodes that own an unshared block)."""
+        cls = node.cap = len(node.mv)
+        node.r = node.w = 0
+        free = self._free.get(cls)
+        if free is None:
+            if cls > _MAX_POOLED:
+                return
+            free = self.free_list(cls)
+        if len(free) * cls < _POOL_BYTES_PER_CLASS:
+            free.append(node)
+
+    def pooled_bytes(self) -> int:
+        """Bytes currently parked in the pool (for tests and stats)."""
+        return sum(cls * len(lst) for cls, lst in self._free.items())
+
+
+POOL: Final = _BlockPool()
+
+
 def _new_node(size: int) -> _Node:
-    buf, mv = POOL.get(size)
-    return _Node(buf, mv, 0, 0, len(buf), True)
+    return POOL.take(_size_class(size))
 
 
 def _recycle(node: _Node) -> None:
-    buf = node.buf
-    if node.pooled and buf is not None:
+    if node.pooled and node.buf is not None:
         node.pooled = False  # guard against a second recycle of the same node
-        POOL.put(buf, node.mv)
+        POOL.put(node)
 
 
 def _check_size(n: object, name: str = "n") -> int:
@@ -145,7 +156,17 @@ class LinkBuffer:
     until the next ``flush``.
     """
 
-    __slots__ = ("_closed", "_hi", "_nodes", "_rlen", "_size", "_views", "_wlen")
+    __slots__ = (
+        "_closed",
+        "_cls",
+        "_hi",
+        "_keep",
+        "_nodes",
+        "_rlen",
+        "_size",
+        "_views",
+        "_wlen",
+    )
 
     def __init__(self, size: int | None = None) -> None:
         if size is None:
@@ -155,12 +176,14 @@ class LinkBuffer:
             if size == 0:
                 raise ValueError("size must be > 0")
         self._size: int = size
+        self._cls = _size_class(size)
         self._nodes: list[_Node] = []
         self._hi = 0  # index of the node the next read starts in
         self._rlen = 0  # readable (flushed, unread) bytes
         self._wlen = 0  # written or allocated, not yet flushed
         self._views: list[memoryview] = []  # handed out since the last release
         self._closed = False
+        self._keep = 0  # block size release() keeps when drained (0: keep nothing)
 
     # ------------------------------------------------------------------ reader side
 
@@ -403,10 +426,19 @@ class LinkBuffer:
         if not nodes:
             return
         if self._rlen == 0 and self._wlen == 0:
+            if self._keep and len(nodes) == 1 and not tainted:
+                node = nodes[0]
+                if node.pooled and node.cap == self._keep:
+                    # Keep the drained block for the next receive: saves a pool round
+                    # trip per request. The owner hands it back when it goes idle.
+                    node.r = node.w = 0
+                    self._hi = 0
+                    return
+            put = POOL.put
             for node in nodes:
-                if tainted:
+                if node.pooled and not tainted and node.buf is not None:
                     node.pooled = False
-                _recycle(node)
+                    put(node)
             nodes.clear()
             self._hi = 0
             return
@@ -434,7 +466,7 @@ class LinkBuffer:
             tail = nodes[-1]
             if tail.cap - tail.w >= n:
                 return tail
-        node = _new_node(n if n > self._size else self._size)
+        node = POOL.take(self._cls if n <= self._size else _size_class(n))
         nodes.append(node)
         return node
 
@@ -475,9 +507,33 @@ class LinkBuffer:
 
     def write_binary(self, b: bytes | bytearray | memoryview) -> int:
         """Append a bytes-like object; large ones are referenced, so don't mutate until flush."""
-        mv = _as_bytes_view(b)
         if self._closed:
             raise ValueError("LinkBuffer is closed")
+        t = type(b)
+        if t is memoryview:
+            if b.format != "B" or b.ndim != 1 or not b.contiguous:  # type: ignore[union-attr]
+                return self._write_view(_as_bytes_view(b))
+        elif t is not bytes and t is not bytearray:
+            return self._write_view(_as_bytes_view(b))
+        n = len(b)
+        if n >= NOCOPY_WRITE_THRESHOLD:
+            return self._write_view(_as_bytes_view(b))
+        if n == 0:
+            return 0
+        nodes = self._nodes
+        if nodes:
+            tail = nodes[-1]
+            if tail.cap - tail.w < n:
+                tail = self._tail_for(n)
+        else:
+            tail = self._tail_for(n)
+        w = tail.w
+        tail.w = w + n
+        tail.buf[w : w + n] = b  # type: ignore[index]
+        self._wlen += n
+        return n
+
+    def _write_view(self, mv: memoryview) -> int:
         n = len(mv)
         if n == 0:
             return 0
@@ -545,6 +601,9 @@ class LinkBuffer:
     def append(self, w: object) -> None:
         """Move all of ``w``'s unflushed data to this buffer's tail without copying."""
         if not isinstance(w, LinkBuffer):
+            spill = getattr(w, "_spill", None)
+            if spill is not None:
+                spill()
             inner = getattr(w, "_wbuf", None)  # adapters and connections keep one
             if not isinstance(inner, LinkBuffer):
                 raise TypeError(f"w must be a netpoll Writer, not {type(w).__name__}")
@@ -622,6 +681,7 @@ class LinkBuffer:
         if self._closed:
             return
         self._rlen = self._wlen = 0
+        self._keep = 0
         self.release()
         self._closed = True
 
@@ -652,6 +712,23 @@ class LinkBuffer:
         """Publish ``n`` bytes received into the view ``recv_target`` gave: readable now."""
         self._nodes[-1].w += n
         self._rlen += n
+
+    def keep_drained_block(self, cls: int) -> None:
+        """Let ``release()`` keep one drained block of ``cls`` bytes instead of pooling it."""
+        self._keep = cls
+
+    def shed(self) -> bool:
+        """Give a kept, empty block back to the pool; True if there was one."""
+        nodes = self._nodes
+        if self._rlen or self._wlen or self._views or len(nodes) != 1:
+            return False
+        node = nodes[0]
+        if node.r != node.w:
+            return False
+        nodes.clear()
+        self._hi = 0
+        _recycle(node)
+        return True
 
     def drop_empty_tail(self) -> None:
         """Return an unused fresh tail node (after a receive that got nothing)."""

@@ -62,6 +62,9 @@ def writer_buffer(w: object) -> LinkBuffer:
     """The LinkBuffer holding a writer's unflushed data (for zero-copy ``append``)."""
     if isinstance(w, LinkBuffer):
         return w
+    spill = getattr(w, "_spill", None)
+    if spill is not None:
+        spill()  # a connection's pending single write joins its buffer first
     buf = getattr(w, "_wbuf", None)
     if isinstance(buf, LinkBuffer):
         return buf
@@ -278,7 +281,11 @@ class _IOReader(io.RawIOBase):
 
 
 class _IOWriter(io.RawIOBase):
-    """``io.RawIOBase`` over a netpoll Writer: ``write`` copies in, ``flush`` submits."""
+    """``io.RawIOBase`` over a netpoll Writer: each ``write`` copies in and flushes.
+
+    ``io.BufferedWriter`` never calls its raw stream's ``flush``, so flushing per write is
+    what makes buffered output visible (as Netpoll's io adapter does).
+    """
 
     def __init__(self, w: Writer) -> None:
         super().__init__()
@@ -289,7 +296,9 @@ class _IOWriter(io.RawIOBase):
 
     def write(self, b: Any) -> int:
         # io callers may reuse b after write() returns, so take a copy.
-        return self._w.write_binary(bytes(b))
+        n = self._w.write_binary(bytes(b))
+        self._w.flush()
+        return n
 
     def flush(self) -> None:
         if not self.closed:

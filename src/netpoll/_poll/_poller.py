@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from ._backend import Backend, new_backend
 
@@ -31,7 +31,17 @@ MONITOR_INTERVAL: Final = 0.02  # seconds between the monitor's looks at the pol
 MAX_IDLE_FOLLOWERS: Final = 8
 FOLLOWER_IDLE_EXIT: Final = 30.0  # an idle follower beyond the first exits after this
 
+SWEEP_INTERVAL: Final = 1.0  # seconds between looks for quiet connections' spare blocks
+
 _tls = threading.local()
+
+
+class _Sheddable(Protocol):
+    def _maybe_shed(self) -> bool: ...
+
+
+def _noop() -> None:
+    pass
 
 
 def current_poller() -> Poller | None:
@@ -90,6 +100,11 @@ class Poller:
         waker = self.backend.waker
         self._handlers[waker.rfd] = lambda _ev: waker.drain()
         self._started = False
+        # Connections keeping a drained receive block between requests; a sweep hands
+        # the blocks of quiet ones back to the pool so idle connections hold no buffers.
+        self._hot: set[_Sheddable] = set()
+        self._hot_lock = threading.Lock()
+        self._sweep_timer: Timer | None = None
 
     def __repr__(self) -> str:
         return f"<Poller #{self.index} {self.backend.name} fds={len(self._handlers) - 1}>"
@@ -122,6 +137,28 @@ class Poller:
     def fd_count(self) -> int:
         """Number of fds watched (the wake-up fd excluded)."""
         return len(self._handlers) - 1
+
+    def note_hot(self, obj: _Sheddable) -> None:
+        """Track an object holding a spare buffer; it is asked to shed it when quiet."""
+        with self._hot_lock:
+            self._hot.add(obj)
+            arm = self._sweep_timer is None
+            if arm:
+                self._sweep_timer = Timer(0.0, _noop)  # placeholder until armed below
+        if arm:
+            self._sweep_timer = self.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        with self._hot_lock:
+            hot = list(self._hot)
+        shed = [obj for obj in hot if obj._maybe_shed()]
+        with self._hot_lock:
+            self._hot.difference_update(shed)
+            again = bool(self._hot)
+            if not again:
+                self._sweep_timer = None
+        if again:
+            self._sweep_timer = self.call_later(SWEEP_INTERVAL, self._sweep)
 
     # --------------------------------------------------------------- timers
 

@@ -1,0 +1,50 @@
+"""TCP proxy: each client connection dials its upstream in on_connect and relays bytes.
+
+Upstream responses are pushed back through the upstream connection's own handler, so
+neither direction blocks a poller.
+
+Run: python examples/proxy.py LISTEN_PORT UPSTREAM_PORT
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import netpoll
+
+
+def relay(src: netpoll.Connection, dst: netpoll.Connection) -> None:
+    data = src.next(len(src))
+    dst.write_binary(data)
+    dst.flush()  # sent before the views die below
+    src.release()
+
+
+def make_proxy(upstream_addr: str) -> netpoll.EventLoop:
+    def on_connect(ctx: Any, client: netpoll.Connection) -> netpoll.Connection:
+        upstream = netpoll.dial_connection("tcp", upstream_addr, timeout=3)
+        # Each side closing closes the other.
+        upstream.add_close_callback(lambda _c: client.close())
+        client.add_close_callback(lambda _c: upstream.close())
+        upstream.set_on_request(lambda _ctx, up: relay(up, client))
+        return upstream  # becomes ctx for on_request
+
+    def on_request(upstream: netpoll.Connection, client: netpoll.Connection) -> None:
+        relay(client, upstream)
+
+    return netpoll.EventLoop(on_request, on_connect=on_connect)
+
+
+def main(listen_port: int, upstream_port: int) -> None:
+    loop = make_proxy(f"127.0.0.1:{upstream_port}")
+    listener = netpoll.create_listener("tcp", f"127.0.0.1:{listen_port}")
+    print(f"proxy 127.0.0.1:{listen_port} -> 127.0.0.1:{upstream_port}")
+    try:
+        loop.serve(listener)
+    except KeyboardInterrupt:
+        loop.shutdown(timeout=5)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))
