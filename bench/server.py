@@ -1,0 +1,392 @@
+"""One benchmark server: ``python -m bench.server --contender C --workload W --port P``.
+
+Every contender serves the same workloads with the same request logic from
+``bench.protocols``; only the networking layer differs. The server listens on 127.0.0.1
+only, prints ``READY <port>`` on stdout once it accepts connections, and runs until it is
+killed. ``--check`` only reports whether the contender can run here (exit status 0 or 1,
+one line on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import importlib
+import resource
+import select
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any, cast
+
+from bench.protocols import (
+    WORKLOADS,
+    ProtocolError,
+    Session,
+    frame_header,
+    frame_length,
+    make_processor,
+)
+
+CONTENDERS = (
+    "netpoll",
+    "asyncio-protocol",
+    "asyncio-streams",
+    "uvloop-protocol",
+    "uvloop-streams",
+    "epoll",
+)
+HOST = "127.0.0.1"
+BACKLOG = 4096
+READ_SIZE = 256 * 1024  # raw epoll: one preallocated receive buffer of this size
+STREAM_READ_SIZE = 64 * 1024  # asyncio Streams: most bytes one read() returns
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def announce(port: int) -> None:
+    sys.stdout.write(f"READY {port}\n")
+    sys.stdout.flush()
+
+
+def check(contender: str) -> str | None:
+    """None when ``contender`` can run here, else what is missing, as one line."""
+    if contender.startswith("uvloop"):
+        try:
+            importlib.import_module("uvloop")
+        except ImportError:
+            return "uvloop is not installed (pip install uvloop, or pip install -e '.[bench]')"
+    if contender == "netpoll":
+        try:
+            netpoll = importlib.import_module("netpoll")
+        except Exception as exc:
+            return f"cannot import netpoll ({type(exc).__name__}: {exc})"
+        missing = [n for n in ("EventLoop", "create_listener") if not hasattr(netpoll, n)]
+        if missing:
+            return f"netpoll lacks {', '.join(missing)}"
+    if not hasattr(select, "epoll") and contender == "epoll":
+        return "select.epoll is not available on this platform"
+    return None
+
+
+# --- asyncio and uvloop -------------------------------------------------------------------
+
+
+class EchoProtocol(asyncio.Protocol):
+    transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class SessionProtocol(asyncio.Protocol):
+    transport: asyncio.Transport
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            out = self.session.feed(data)
+        except ProtocolError:
+            self.transport.close()
+            return
+        if out:
+            self.transport.write(out)
+
+
+async def echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await reader.read(STREAM_READ_SIZE)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+def session_stream(
+    workload: str,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+    process = make_processor(workload)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Session(process)
+        try:
+            while True:
+                data = await reader.read(STREAM_READ_SIZE)
+                if not data:
+                    break
+                out = session.feed(data)
+                if out:
+                    writer.write(out)
+                    await writer.drain()
+        except (ConnectionError, ProtocolError):
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
+async def serve_asyncio(style: str, workload: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server: asyncio.base_events.Server | asyncio.AbstractServer
+    if style == "protocol":
+        if workload == "echo":
+            server = await loop.create_server(EchoProtocol, HOST, port, backlog=BACKLOG)
+        else:
+            process = make_processor(workload)
+            server = await loop.create_server(
+                lambda: SessionProtocol(Session(process)), HOST, port, backlog=BACKLOG
+            )
+    else:
+        handler = echo_stream if workload == "echo" else session_stream(workload)
+        server = await asyncio.start_server(handler, HOST, port, backlog=BACKLOG)
+    announce(port)
+    async with server:
+        await server.serve_forever()
+
+
+def run_asyncio(contender: str, workload: str, port: int) -> None:
+    backend, style = contender.split("-")
+    if backend == "uvloop":
+        uvloop = importlib.import_module("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(serve_asyncio(style, workload, port))
+    finally:
+        loop.close()
+
+
+# --- raw select.epoll: the pure-Python floor ----------------------------------------------
+
+
+def run_epoll(workload: str, port: int) -> None:
+    """Single-threaded, level-triggered epoll over non-blocking sockets.
+
+    A connection whose answer does not fit in the kernel buffer keeps the rest and waits for
+    EPOLLOUT, and is not read meanwhile (so a client that never reads cannot grow it).
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((HOST, port))
+    listener.listen(BACKLOG)
+    listener.setblocking(False)
+    lfd = listener.fileno()
+    ep = select.epoll()
+    ep.register(lfd, select.EPOLLIN)
+    socks: dict[int, socket.socket] = {}
+    sessions: dict[int, Session] = {}
+    pending: dict[int, memoryview] = {}
+    process = make_processor(workload)
+    echo = workload == "echo"
+    epollin, epollout = select.EPOLLIN, select.EPOLLOUT
+    # Receive into one preallocated buffer and copy out only what arrived: allocating a
+    # large buffer per recv() costs page faults on every read.
+    rbuf = bytearray(READ_SIZE)
+    rview = memoryview(rbuf)
+
+    def close(fd: int) -> None:
+        sock = socks.pop(fd, None)
+        sessions.pop(fd, None)
+        pending.pop(fd, None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                ep.unregister(fd)
+            sock.close()
+
+    def send(fd: int, sock: socket.socket, data: bytes | memoryview) -> None:
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            rest = memoryview(data)[sent:]
+            if fd not in pending:
+                ep.modify(fd, epollout)
+            pending[fd] = rest
+        elif fd in pending:
+            del pending[fd]
+            ep.modify(fd, epollin)
+
+    announce(port)
+    while True:
+        for fd, events in ep.poll():
+            if fd == lfd:
+                while True:
+                    try:
+                        conn, _ = listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as exc:
+                        if exc.errno in (errno.EMFILE, errno.ENFILE):
+                            break
+                        raise
+                    conn.setblocking(False)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    cfd = conn.fileno()
+                    socks[cfd] = conn
+                    if not echo:
+                        sessions[cfd] = Session(process)
+                    ep.register(cfd, epollin)
+                continue
+            sock = socks.get(fd)
+            if sock is None:
+                continue
+            try:
+                if events & epollout:
+                    send(fd, sock, pending[fd])
+                elif events & (epollin | select.EPOLLHUP | select.EPOLLERR):
+                    nread = sock.recv_into(rbuf)
+                    if not nread:
+                        close(fd)
+                        continue
+                    data = rview[:nread].tobytes()
+                    if echo:
+                        send(fd, sock, data)
+                        continue
+                    out = sessions[fd].feed(data)
+                    if out:
+                        send(fd, sock, out)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except (OSError, ProtocolError):
+                close(fd)
+
+
+# --- netpoll ------------------------------------------------------------------------------
+
+
+def netpoll_handler(netpoll: Any, workload: str) -> Callable[[Any, Any], None]:
+    """The ``on_request`` of ``workload``, written against the public netpoll API."""
+    closed = netpoll.ConnectionClosedError
+
+    if workload == "echo":
+
+        def on_echo(ctx: Any, conn: Any) -> None:
+            data = conn.next(len(conn))
+            conn.write_binary(data)
+            conn.flush()
+            conn.release()
+
+        return on_echo
+
+    if workload == "frames":
+
+        def on_frames(ctx: Any, conn: Any) -> None:
+            # Zero-copy: the payload views go straight to the writer and are released only
+            # after the flush. A frame not fully buffered yet is waited for by next(n).
+            try:
+                while len(conn) >= 4:
+                    n = frame_length(conn.peek(4))
+                    if len(conn) < 4 + n and conn.malloc_len():
+                        conn.flush()  # answer what is complete before waiting for more
+                    conn.skip(4)
+                    payload = conn.next(n)
+                    conn.write_binary(frame_header(n))
+                    conn.write_binary(payload)
+                conn.flush()
+                conn.release()
+            except closed:
+                pass  # the client left mid-frame
+            except ProtocolError:
+                conn.close()
+
+        return on_frames
+
+    process = make_processor(workload)
+
+    def on_parsed(ctx: Any, conn: Any) -> None:
+        # The parsers search with bytes.find, so the buffered input is copied once (it is a
+        # few hundred bytes); an incomplete request is left in the connection's buffer.
+        try:
+            consumed, out = process(conn.peek(len(conn)).tobytes())
+        except ProtocolError:
+            conn.close()
+            return
+        if consumed:
+            conn.skip(consumed)
+        if out:
+            conn.write_binary(out)
+            conn.flush()
+        conn.release()
+
+    return on_parsed
+
+
+def run_netpoll(workload: str, port: int) -> None:
+    netpoll = importlib.import_module("netpoll")
+    listener = netpoll.create_listener("tcp", f"{HOST}:{port}")
+    loop = netpoll.EventLoop(netpoll_handler(netpoll, workload))
+    announce(port)
+    loop.serve(listener)
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def serve(contender: str, workload: str, port: int) -> None:
+    raise_nofile_limit()
+    if contender == "netpoll":
+        run_netpoll(workload, port)
+    elif contender == "epoll":
+        run_epoll(workload, port)
+    elif contender in CONTENDERS:
+        run_asyncio(contender, workload, port)
+    else:
+        raise ValueError(f"unknown contender {contender!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.server",
+        description="Run one benchmark server on 127.0.0.1 until killed.",
+    )
+    parser.add_argument("--contender", required=True, choices=CONTENDERS)
+    parser.add_argument("--workload", choices=WORKLOADS, default="echo")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1")
+    parser.add_argument(
+        "--check", action="store_true", help="only report whether the contender can run here"
+    )
+    args = parser.parse_args(argv)
+    problem = check(args.contender)
+    if args.check:
+        print(problem or "ok")
+        return 1 if problem else 0
+    if problem:
+        print(f"bench.server: {args.contender}: {problem}", file=sys.stderr)
+        return 1
+    if not 0 < args.port < 65536:
+        parser.error("--port must be between 1 and 65535")
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(args.contender, args.workload, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

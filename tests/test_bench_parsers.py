@@ -1,0 +1,324 @@
+"""The benchmark's request parsers and tool-output parsers (bench/protocols.py, bench/tools.py).
+
+Each workload's parser is fed its input whole, byte by byte, and with trailing data, the
+way the servers receive it. Pure functions only: no sockets, no sleeps.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.protocols import (
+    HTTP_RESPONSE,
+    MAX_HTTP_HEAD,
+    ProtocolError,
+    RespStore,
+    Session,
+    frame_header,
+    frame_length,
+    make_processor,
+    parse_resp_command,
+    split_frames,
+    split_http_requests,
+)
+from bench.tools import (
+    ToolError,
+    parse_loadgen_output,
+    parse_redis_csv,
+    parse_stat_cpu_ticks,
+    parse_status_rss_kb,
+    parse_wrk_output,
+)
+
+
+def feed_all(workload: str, pieces: Iterable[bytes]) -> tuple[bytes, int]:
+    """Feed ``pieces`` through a Session; (all replies joined, bytes left buffered)."""
+    session = Session(make_processor(workload))
+    out = b"".join(session.feed(p) for p in pieces)
+    return out, session.buffered()
+
+
+def byte_by_byte(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+def frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+# --- frames -------------------------------------------------------------------------------
+
+
+def test_frame_header_roundtrip() -> None:
+    assert frame_header(0) == b"\0\0\0\0"
+    assert frame_header(65536) == b"\x00\x01\x00\x00"
+    assert frame_length(frame_header(123456)) == 123456
+    with pytest.raises(ValueError):
+        frame_length(b"\0\0\0")
+
+
+def test_split_frames_whole_and_pipelined() -> None:
+    data = frame(b"abc") + frame(b"") + frame(b"x" * 300)
+    payloads, consumed = split_frames(data)
+    assert payloads == [b"abc", b"", b"x" * 300]
+    assert consumed == len(data)
+
+
+def test_split_frames_keeps_trailing_partial_frame() -> None:
+    data = frame(b"hello") + frame(b"world")[:6]
+    payloads, consumed = split_frames(data)
+    assert payloads == [b"hello"]
+    assert consumed == 9
+    assert split_frames(b"\0\0") == ([], 0)
+
+
+def test_split_frames_rejects_huge_length() -> None:
+    with pytest.raises(ProtocolError):
+        split_frames(b"\xff\xff\xff\xff")
+
+
+@pytest.mark.parametrize("split", ["whole", "bytewise"])
+def test_frames_session_replies_with_same_payloads(split: str) -> None:
+    data = frame(b"one") + frame(b"two two") + frame(bytes(range(256)))
+    pieces = [data] if split == "whole" else byte_by_byte(data)
+    out, left = feed_all("frames", pieces)
+    assert out == data  # a reply frame carries the same payload, so the bytes match
+    assert left == 0
+
+
+def test_frames_session_with_trailing_data() -> None:
+    data = frame(b"done") + frame(b"pending")[:7]
+    out, left = feed_all("frames", [data])
+    assert out == frame(b"done")
+    assert left == 7
+
+
+# --- HTTP ---------------------------------------------------------------------------------
+
+GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
+
+
+def test_http_single_and_pipelined_requests() -> None:
+    assert split_http_requests(GET) == (1, len(GET))
+    assert split_http_requests(GET * 3) == (3, 3 * len(GET))
+    assert split_http_requests(b"") == (0, 0)
+
+
+def test_http_trailing_partial_request() -> None:
+    data = GET * 2 + GET[:10]
+    assert split_http_requests(data) == (2, 2 * len(GET))
+
+
+def test_http_terminator_split_across_reads() -> None:
+    head = GET[:-2]
+    assert split_http_requests(head) == (0, 0)
+    assert split_http_requests(head + b"\r\n") == (1, len(GET))
+
+
+@pytest.mark.parametrize("split", ["whole", "bytewise"])
+def test_http_session_answers_every_request(split: str) -> None:
+    data = GET * 4
+    pieces = [data] if split == "whole" else byte_by_byte(data)
+    out, left = feed_all("http", pieces)
+    assert out == HTTP_RESPONSE * 4
+    assert left == 0
+
+
+def test_http_session_with_trailing_data() -> None:
+    out, left = feed_all("http", [GET + GET[:5], GET[5:]])
+    assert out == HTTP_RESPONSE * 2
+    assert left == 0
+
+
+def test_http_response_is_well_formed() -> None:
+    head, body = HTTP_RESPONSE.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert f"Content-Length: {len(body)}".encode() in head
+
+
+def test_http_head_too_long() -> None:
+    with pytest.raises(ProtocolError):
+        split_http_requests(b"GET /" + b"a" * (MAX_HTTP_HEAD + 10))
+
+
+# --- RESP ---------------------------------------------------------------------------------
+
+
+def resp(*args: bytes) -> bytes:
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
+def test_parse_multibulk_command() -> None:
+    data = resp(b"SET", b"key", b"va\r\nlue")
+    assert parse_resp_command(data) == ([b"SET", b"key", b"va\r\nlue"], len(data))
+
+
+def test_parse_inline_commands() -> None:
+    assert parse_resp_command(b"PING\r\n") == ([b"PING"], 6)
+    assert parse_resp_command(b"get  key\n") == ([b"get", b"key"], 9)
+    assert parse_resp_command(b"\r\n") == ([], 2)
+    assert parse_resp_command(b"PING") is None
+
+
+def test_parse_incomplete_at_every_cut() -> None:
+    data = resp(b"GET", b"key:__rand_int__")
+    for cut in range(len(data)):
+        assert parse_resp_command(data[:cut]) is None, cut
+    assert parse_resp_command(data) == ([b"GET", b"key:__rand_int__"], len(data))
+
+
+def test_parse_with_trailing_data_and_offset() -> None:
+    first, second = resp(b"PING"), resp(b"GET", b"k")
+    data = first + second + b"*2\r\n$3"
+    parsed = parse_resp_command(data)
+    assert parsed == ([b"PING"], len(first))
+    assert parse_resp_command(data, len(first)) == ([b"GET", b"k"], len(first + second))
+    assert parse_resp_command(data, len(first + second)) is None
+
+
+@pytest.mark.parametrize(
+    "bad", [b"*x\r\n", b"*1\r\n:3\r\n", b"*1\r\n$3\r\nGETxx", b"*1\r\n$-5\r\n", b"*" + b"9" * 40]
+)
+def test_parse_malformed(bad: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_resp_command(bad)
+
+
+def test_resp_store_commands() -> None:
+    store = RespStore()
+    assert store.execute([b"PING"]) == b"+PONG\r\n"
+    assert store.execute([b"ping", b"hi"]) == b"$2\r\nhi\r\n"
+    assert store.execute([b"GET", b"k"]) == b"$-1\r\n"
+    assert store.execute([b"SET", b"k", b"xxx"]) == b"+OK\r\n"
+    assert store.execute([b"get", b"k"]) == b"$3\r\nxxx\r\n"
+    assert store.execute([b"GET"]).startswith(b"-ERR wrong number")
+    assert store.execute([b"CONFIG", b"GET", b"save"]) == b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+    assert store.execute([b"FLUSHALL"]) == b"-ERR unknown command 'FLUSHALL'\r\n"
+
+
+SCRIPT = (
+    b"PING\r\n"
+    + resp(b"PING")
+    + resp(b"SET", b"key:__rand_int__", b"xxx")
+    + resp(b"GET", b"key:__rand_int__")
+    + b"GET nokey\r\n"
+)
+SCRIPT_REPLY = b"+PONG\r\n+PONG\r\n+OK\r\n$3\r\nxxx\r\n$-1\r\n"
+
+
+@pytest.mark.parametrize("split", ["whole", "bytewise"])
+def test_resp_session_pipeline(split: str) -> None:
+    pieces = [SCRIPT] if split == "whole" else byte_by_byte(SCRIPT)
+    out, left = feed_all("resp", pieces)
+    assert out == SCRIPT_REPLY
+    assert left == 0
+
+
+def test_resp_session_with_trailing_data() -> None:
+    out, left = feed_all("resp", [SCRIPT + b"*1\r\n$4\r\nPI"])
+    assert out == SCRIPT_REPLY
+    assert left == len(b"*1\r\n$4\r\nPI")
+
+
+def test_echo_session() -> None:
+    out, left = feed_all("echo", [b"abc", b"", b"def"])
+    assert out == b"abcdef"
+    assert left == 0
+
+
+def test_unknown_workload() -> None:
+    with pytest.raises(ValueError, match="unknown workload"):
+        make_processor("gopher")
+
+
+# --- tool output --------------------------------------------------------------------------
+
+WRK_OUTPUT = """\
+Running 2s test @ http://127.0.0.1:40000/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   260.44us  186.88us   4.52ms   95.86%
+    Req/Sec   195.20k     7.72k  207.42k    60.00%
+  Latency Distribution
+     50%  234.00us
+     75%  255.00us
+     90%  295.00us
+     99%    1.54ms
+  193643 requests in 1.00s, 16.81MB read
+Requests/sec: 193334.44
+Transfer/sec:     16.78MB
+"""
+
+
+def test_parse_wrk_text_output() -> None:
+    r = parse_wrk_output(WRK_OUTPUT)
+    assert r["rps"] == pytest.approx(193334.44)
+    assert r["requests"] == 193643
+    assert r["duration_s"] == pytest.approx(1.0)
+    assert r["p50_us"] == pytest.approx(234.0)
+    assert r["p99_us"] == pytest.approx(1540.0)
+    assert r["errors"] == 0
+    assert "p999_us" not in r
+
+
+def test_parse_wrk_with_report_script_and_errors() -> None:
+    text = (
+        WRK_OUTPUT
+        + "  Socket errors: connect 0, read 2, write 0, timeout 1\n"
+        + "  Non-2xx or 3xx responses: 4\n"
+        + 'WRK_JSON {"requests": 193643, "p50_us": 233, "p99_us": 1539, "p999_us": 3482}\n'
+    )
+    r = parse_wrk_output(text)
+    assert r["errors"] == 7
+    assert r["p50_us"] == 233
+    assert r["p999_us"] == 3482
+
+
+def test_parse_wrk_garbage() -> None:
+    with pytest.raises(ToolError):
+        parse_wrk_output("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_parse_redis_csv_v7() -> None:
+    text = (
+        '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
+        '"p99_latency_ms","max_latency_ms"\n'
+        '"PING_INLINE","162601.62","0.177","0.056","0.167","0.247","0.351","0.543"\n'
+        '"SET","112359.55","0.435","0.064","0.439","0.535","0.671","0.951"\n'
+    )
+    r = parse_redis_csv(text)
+    assert r["PING_INLINE"]["rps"] == pytest.approx(162601.62)
+    assert r["PING_INLINE"]["p50_us"] == pytest.approx(167.0)
+    assert r["SET"]["p99_us"] == pytest.approx(671.0)
+
+
+def test_parse_redis_csv_old_format_and_errors() -> None:
+    r = parse_redis_csv('"PING_INLINE","80000.00"\n"GET","75000.50"\n')
+    assert r == {"PING_INLINE": {"rps": 80000.0}, "GET": {"rps": 75000.5}}
+    with pytest.raises(ToolError):
+        parse_redis_csv("Could not connect to Redis at 127.0.0.1:1: Connection refused\n")
+
+
+def test_parse_loadgen_output() -> None:
+    ok = '{"ok": true, "mode": "echo", "rps": 1000.5, "p50_us": 40.1}\n'
+    assert parse_loadgen_output("noise\n" + ok)["rps"] == 1000.5
+    with pytest.raises(ToolError, match="stalled"):
+        parse_loadgen_output('{"ok": false, "error": "no reply for 5 s (server stalled)"}')
+    with pytest.raises(ToolError):
+        parse_loadgen_output("")
+
+
+def test_parse_proc_files() -> None:
+    status = "Name:\tpython3\nVmPeak:\t  20000 kB\nVmRSS:\t   12345 kB\nThreads:\t1\n"
+    assert parse_status_rss_kb(status) == 12345
+    stat = "4242 (python3 -m (x)) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 3 0"
+    assert parse_stat_cpu_ticks(stat) == 175
