@@ -130,7 +130,7 @@ class Connection:
         "_shed_mark",
         "_sock",
         "_state",
-        "_wbuf",
+        "_wb",
         "_wpend",
         "_write_timeout",
         "_wwaiting",
@@ -159,11 +159,12 @@ class Connection:
         self._fd = sock.fileno()
         self._poller = poller
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        # Created on the first wait: a Condition costs ~1 KiB and most connections never wait.
+        self._cond: threading.Condition | None = None
         self._in = LinkBuffer()
         self._hot = False  # the input keeps a drained block; the poller's sweep tracks it
         self._shed_mark = -1
-        self._wbuf = LinkBuffer()
+        self._wb: LinkBuffer | None = None  # the output buffer, made on first use
         self._wpend: bytes | memoryview | None = None
         self._state = _OPEN
         self._eof = False  # the peer's end of stream (or a reset) was seen
@@ -183,7 +184,7 @@ class Connection:
         self._read_limit = DEFAULT_READ_BUFFER_LIMIT
         if read_buffer_limit is not None:
             self.set_read_buffer_limit(read_buffer_limit)
-        self._close_callbacks: list[CloseCallback] = []
+        self._close_callbacks: list[CloseCallback] | None = None
         self._close_reason = ""
         self._bytes_in = 0
         self._bytes_out = 0
@@ -191,10 +192,7 @@ class Connection:
         self._wwaiting = False
         self._recv_cls = _size_class(_config.get_config().buffer_size)
         self._in.keep_drained_block(self._recv_cls)
-        try:
-            self._local_addr: Any = sock.getsockname()
-        except OSError:
-            self._local_addr = None
+        self._local_addr: Any = None  # looked up on first use
         if remote_addr is None:
             try:
                 remote_addr = sock.getpeername()
@@ -256,7 +254,7 @@ class Connection:
                 self._last = self._poller.now
                 need = self._need
                 if need:
-                    if inb._rlen >= need:
+                    if inb._rlen >= need and self._cond is not None:
                         self._cond.notify_all()
                 elif not self._processing and self._on_request is not None and self._connected:
                     self._processing = True
@@ -282,7 +280,8 @@ class Connection:
         self._eof = True
         self._eof_handled = True
         self._op.control(PollEvent.DETACH)
-        self._cond.notify_all()
+        if self._cond is not None:
+            self._cond.notify_all()
         if (
             self._connected
             and not self._processing
@@ -442,7 +441,13 @@ class Connection:
     @property
     def local_addr(self) -> Any:
         """This end's address, in the ``socket`` module's form."""
-        return self._local_addr
+        addr = self._local_addr
+        if addr is None and self._state == _OPEN:
+            try:
+                addr = self._local_addr = self._sock.getsockname()
+            except OSError:
+                return None
+        return addr
 
     @property
     def remote_addr(self) -> Any:
@@ -503,15 +508,16 @@ class Connection:
                 self._sock.close()
             except OSError:
                 pass
-            self._cond.notify_all()
+            if self._cond is not None:
+                self._cond.notify_all()
             timer, self._idle_timer = self._idle_timer, None
-            callbacks, self._close_callbacks = self._close_callbacks, []
+            callbacks, self._close_callbacks = self._close_callbacks, None
             busy = self._processing or self._need
         if timer is not None:
             timer.cancel()
         if not busy:
             self._drop_buffers()
-        for cb in reversed(callbacks):
+        for cb in reversed(callbacks or ()):
             try:
                 cb(self)
             except Exception:
@@ -531,7 +537,10 @@ class Connection:
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         with self._lock:
             if self._state != _CLOSED:
-                self._close_callbacks.append(fn)
+                if self._close_callbacks is None:
+                    self._close_callbacks = [fn]
+                else:
+                    self._close_callbacks.append(fn)
                 return
         fn(self)  # already closed: run it now, still exactly once
 
@@ -648,8 +657,11 @@ class Connection:
             if self._paused:
                 self._maybe_resume_locked()
             before_block()
+            cond = self._cond
+            if cond is None:
+                cond = self._cond = threading.Condition(self._lock)
             try:
-                self._cond.wait(left)
+                cond.wait(left)
             finally:
                 self._need = 0
 
@@ -690,7 +702,11 @@ class Connection:
                     node.r = r + n
                     inb._rlen -= n
                     v = node.mv[r : r + n]
-                    inb._views.append(v)
+                    views = inb._views
+                    if views is None:
+                        inb._views = [v]
+                    else:
+                        views.append(v)
                     return v
                 return inb.next(n)
             _check_size(n)
@@ -739,7 +755,7 @@ class Connection:
             end -= 1
         out = line[:end]
         with self._lock:
-            self._in._views.append(out)
+            self._in._track(out)
         return out
 
     def read_binary(self, n: int) -> bytes:
@@ -834,6 +850,13 @@ class Connection:
     # in ``_wpend`` instead of being copied into a node: flush then sends it directly. Any
     # other writer call first moves it into the buffer (``_spill``), keeping the order.
 
+    @property
+    def _wbuf(self) -> LinkBuffer:
+        wb = self._wb
+        if wb is None:
+            wb = self._wb = LinkBuffer()
+        return wb
+
     def _spill(self) -> None:
         p = self._wpend
         if p is not None:
@@ -853,7 +876,8 @@ class Connection:
         if self._state != _OPEN:
             self._check_open()
         p = self._wpend
-        return self._wbuf._wlen + (0 if p is None else len(p))
+        wb = self._wb
+        return (0 if wb is None else wb._wlen) + (0 if p is None else len(p))
 
     def malloc_ack(self, n: int) -> None:
         """Keep the first ``n`` unflushed bytes; drop the rest."""
@@ -866,7 +890,8 @@ class Connection:
         if self._state != _OPEN:
             self._check_open()
         if self._wpend is None:
-            if not self._wbuf._nodes and (
+            wb = self._wb
+            if (wb is None or not wb._nodes) and (
                 type(b) is bytes or (type(b) is memoryview and b.format == "B" and b.ndim == 1)
             ):
                 self._wpend = b
@@ -913,7 +938,8 @@ class Connection:
         p = self._wpend
         if p is not None:
             self._wpend = None
-            if not self._wbuf._nodes:
+            wb = self._wb
+            if wb is None or not wb._nodes:
                 lock = self._lock
                 lock.acquire()
                 try:

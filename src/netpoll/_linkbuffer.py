@@ -26,11 +26,15 @@ _POOL_BYTES_PER_CLASS: Final = 16 << 20
 NOCOPY_WRITE_THRESHOLD: Final = 4096
 
 
+# Shared int objects for the classes, so buffers that store one cost no extra memory.
+_CLASSES: Final = tuple(1 << max(i, _MIN_CLASS_SHIFT) for i in range(64))
+
+
 def _size_class(n: int) -> int:
     """Round ``n`` up to the block size class that holds it."""
     if n <= 1 << _MIN_CLASS_SHIFT:
-        return 1 << _MIN_CLASS_SHIFT
-    return 1 << (n - 1).bit_length()
+        return _CLASSES[0]
+    return _CLASSES[(n - 1).bit_length()]
 
 
 class _Node:
@@ -181,7 +185,7 @@ class LinkBuffer:
         self._hi = 0  # index of the node the next read starts in
         self._rlen = 0  # readable (flushed, unread) bytes
         self._wlen = 0  # written or allocated, not yet flushed
-        self._views: list[memoryview] = []  # handed out since the last release
+        self._views: list[memoryview] | None = None  # handed out since the last release
         self._closed = False
         self._keep = 0  # block size release() keeps when drained (0: keep nothing)
 
@@ -224,10 +228,14 @@ class LinkBuffer:
             node.r = r + n
             self._rlen -= n
             v = node.mv[r : r + n]
-            self._views.append(v)
+            views = self._views
+            if views is None:
+                self._views = [v]
+            else:
+                views.append(v)
             return v
         v = memoryview(self._gather(n, advance=True))
-        self._views.append(v)
+        self._track(v)
         return v
 
     def peek(self, n: int) -> memoryview:
@@ -246,7 +254,7 @@ class LinkBuffer:
             v = node.mv[node.r : node.r + n]
         else:
             v = memoryview(self._gather(n, advance=False))
-        self._views.append(v)
+        self._track(v)
         return v
 
     def _gather(self, n: int, advance: bool) -> bytearray:
@@ -269,6 +277,14 @@ class LinkBuffer:
             self._rlen -= n
             self._hi = min(i, len(nodes) - 1) if nodes else 0
         return out
+
+    def _track(self, v: memoryview) -> None:
+        """Remember a handed-out view so ``release()`` can revoke it."""
+        views = self._views
+        if views is None:
+            self._views = [v]
+        else:
+            views.append(v)
 
     def skip(self, n: int) -> None:
         """Advance ``n`` bytes without returning them."""
@@ -329,7 +345,7 @@ class LinkBuffer:
         if end and line[end - 1] == 13:
             end -= 1
         out = line[:end]
-        self._views.append(out)
+        self._track(out)
         return out
 
     def read_binary(self, n: int) -> bytes:
@@ -659,7 +675,8 @@ class LinkBuffer:
     def get_bytes(self) -> list[memoryview]:
         """Readable data as a list of views (for ``sendmsg``), valid until ``release()``."""
         views = self._readable_views()
-        self._views.extend(views)
+        for v in views:
+            self._track(v)
         return views
 
     def _readable_views(self, limit: int = 1024) -> list[memoryview]:

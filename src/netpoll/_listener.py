@@ -78,7 +78,7 @@ class Listener:
 
 
 def create_listener(
-    network: str, address: Any, *, backlog: int = 1024, reuse_port: bool = False
+    network: str, address: Any, *, backlog: int | None = None, reuse_port: bool = False
 ) -> Listener:
     """Listen on ``address`` (``"host:port"``, ``":port"``, a tuple, or a unix path).
 
@@ -92,7 +92,7 @@ def create_listener(
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
-        sock.listen(backlog)
+        sock.listen(socket.SOMAXCONN if backlog is None else backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()

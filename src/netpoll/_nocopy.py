@@ -140,7 +140,7 @@ class _StreamReader:
         if end and line[end - 1] == 13:
             end -= 1
         out = line[:end]
-        self._buf._views.append(out)
+        self._buf._track(out)
         return out
 
     def read_string(self, n: int, encoding: str = "utf-8") -> str:

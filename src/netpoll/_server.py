@@ -24,7 +24,7 @@ __all__ = ["EventLoop", "ServerStats"]
 
 _log = logging.getLogger("netpoll")
 
-_ACCEPT_BATCH: Final = 64
+_ACCEPT_BATCH: Final = 256
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PAUSE_MIN: Final = 0.05
 _PAUSE_MAX: Final = 1.0
