@@ -495,6 +495,10 @@ class Connection:
     def _close(self, reason: str) -> None:
         with self._lock:
             if self._state == _CLOSED:
+                if reason == CLOSE_USER and self._close_reason == CLOSE_PEER:
+                    self._close_reason = CLOSE_USER  # buffered input is dropped now
+                    if not self._processing and not self._need:
+                        self._in.close()
                 return
             self._state = _CLOSED
             self._close_reason = reason
@@ -525,10 +529,20 @@ class Connection:
         if self._hooks is not None:
             self._hooks.on_closed(self, reason)
 
+    def _readable_after_close(self) -> bool:
+        """A connection closed because the peer ended the stream, with no handler to read
+        its last bytes: they stay readable until ``close()``, then reads say PeerClosed."""
+        return self._close_reason == CLOSE_PEER and self._on_request is None
+
     def _drop_buffers(self) -> None:
         """Return the input buffer's memory once nobody can be using it."""
         with self._lock:
-            if self._state == _CLOSED and not self._processing and not self._need:
+            if (
+                self._state == _CLOSED
+                and not self._processing
+                and not self._need
+                and not self._readable_after_close()
+            ):
                 self._in.close()
 
     def add_close_callback(self, fn: CloseCallback) -> None:
@@ -629,14 +643,14 @@ class Connection:
     def _ensure_locked(self, n: int) -> None:
         """Wait, lock held, until ``n`` bytes are buffered; raise on timeout or close."""
         inb = self._in
-        if self._state != _OPEN:
+        if self._state != _OPEN and not self._readable_after_close():
             raise ConnectionClosedError("connection is closed")
         if inb._rlen >= n:
             return
         timeout = self._read_timeout
         deadline = time.monotonic() + timeout if timeout else 0.0
         while inb._rlen < n:
-            if self._state != _OPEN:
+            if self._state != _OPEN and not self._readable_after_close():
                 raise ConnectionClosedError("connection is closed")
             if self._eof:
                 raise PeerClosedError(
@@ -790,7 +804,7 @@ class Connection:
         lock = self._lock
         lock.acquire()
         try:
-            if self._state == _CLOSED:
+            if self._state == _CLOSED and not self._readable_after_close():
                 raise ConnectionClosedError("connection is closed")
             self._in.release()
             if self._paused:

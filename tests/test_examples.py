@@ -1,0 +1,102 @@
+"""The examples run end to end over loopback."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import netpoll
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+
+import echo_client
+import echo_server
+import http_hello
+import proxy
+import rpc
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _serve(loop: netpoll.EventLoop) -> tuple[Any, threading.Thread]:
+    listener = netpoll.create_listener("tcp", "127.0.0.1:0")
+    thread = threading.Thread(target=loop.serve, args=(listener,), daemon=True)
+    thread.start()
+    return listener.addr, thread
+
+
+@pytest.fixture
+def echo_addr() -> Iterator[Any]:
+    loop = netpoll.EventLoop(echo_server.on_request)
+    addr, thread = _serve(loop)
+    yield addr
+    loop.shutdown(5)
+    thread.join(5)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def test_echo_client_against_echo_server(
+    echo_addr: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    echo_client.main(echo_addr[1], "ping from the test")
+    assert "reply: ping from the test" in capsys.readouterr().out
+
+
+def test_http_hello_keepalive_pipelined_and_split() -> None:
+    loop = netpoll.EventLoop(http_hello.on_request)
+    addr, thread = _serve(loop)
+    try:
+        with socket.create_connection(addr, timeout=5) as s:
+            request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            s.sendall(request * 3)  # pipelined
+            assert _recv_exactly(s, len(http_hello.RESPONSE) * 3) == http_hello.RESPONSE * 3
+            s.sendall(request[:10])  # a head split across reads
+            s.sendall(request[10:])
+            assert _recv_exactly(s, len(http_hello.RESPONSE)) == http_hello.RESPONSE
+            s.sendall(b"\x00garbage\r\n\r\n")  # not HTTP: the server hangs up
+            assert s.recv(100) == b""
+    finally:
+        loop.shutdown(5)
+        thread.join(5)
+
+
+def test_rpc_pipelined_client(capsys: pytest.CaptureFixture[str]) -> None:
+    rpc.main(500)
+    assert "500 pipelined requests answered in order" in capsys.readouterr().out
+
+
+def test_proxy_relays_both_ways_and_closes_together(echo_addr: Any) -> None:
+    loop = proxy.make_proxy(f"127.0.0.1:{echo_addr[1]}")
+    addr, thread = _serve(loop)
+    try:
+        data = bytes(range(256)) * 2000
+        with socket.create_connection(addr, timeout=5) as s:
+            sender = threading.Thread(target=s.sendall, args=(data,))
+            sender.start()
+            assert _recv_exactly(s, len(data)) == data
+            sender.join(5)
+        done = threading.Event()
+        for _ in range(100):  # bounded: the proxy closes its upstream after the client left
+            if loop.stats().connections_open == 0:
+                done.set()
+                break
+            done.wait(0.05)
+        assert done.is_set()
+    finally:
+        loop.shutdown(5)
+        thread.join(5)
