@@ -229,7 +229,14 @@ class Connection:
             # Receive into the tail's free space, or a fresh pooled node (inlined
             # LinkBuffer.recv_target/commit_recv: this runs once per readable event).
             tail = nodes[-1] if nodes else None
-            if tail is not None and tail.cap - tail.w >= _MIN_RECV_FREE and tail.buf is not None:
+            if (
+                tail is not None
+                and tail.buf is not None
+                and (
+                    tail.cap - tail.w >= _MIN_RECV_FREE
+                    or (self._need and tail.cap - tail.w >= self._need - inb._rlen)
+                )
+            ):
                 w = tail.w
                 target = tail.mv[w : tail.cap]
             else:
@@ -656,7 +663,7 @@ class Connection:
                 raise PeerClosedError(
                     f"peer closed the connection: need {n} bytes, {inb._rlen} buffered"
                 )
-            if self._read_through_locked():
+            if self._read_through_locked(n):
                 continue
             if deadline:
                 left = deadline - time.monotonic()
@@ -668,6 +675,7 @@ class Connection:
             else:
                 left = None
             self._need = n
+            inb.reserve(n)  # a large frame then arrives contiguous: next(n) copies nothing
             if self._paused:
                 self._maybe_resume_locked()
             before_block()
@@ -679,7 +687,7 @@ class Connection:
             finally:
                 self._need = 0
 
-    def _read_through_locked(self) -> bool:
+    def _read_through_locked(self, need: int = 0) -> bool:
         """Receive straight from the socket on the reader's thread; True if bytes came.
 
         Saves a thread hand-off when the data is already in the kernel (a large frame
@@ -688,8 +696,9 @@ class Connection:
         if self._paused or self._eof_handled:
             return False
         inb = self._in
+        min_free = min(_MIN_RECV_FREE, max(need - inb._rlen, 1))
         try:
-            n = self._sock.recv_into(inb.recv_target(_MIN_RECV_FREE, self._recv_cls))
+            n = self._sock.recv_into(inb.recv_target(min_free, self._recv_cls))
         except (BlockingIOError, InterruptedError):
             inb.drop_empty_tail()
             return False

@@ -240,8 +240,10 @@ class LinkBuffer:
 
     def peek(self, n: int) -> memoryview:
         """Return the next ``n`` bytes without advancing."""
-        _check_size(n)
-        self._check_read(n)
+        if type(n) is not int or n < 0:
+            _check_size(n)
+        if n > self._rlen or self._closed:
+            self._check_read(n)
         if n == 0:
             return memoryview(b"")
         hi = self._hi
@@ -288,9 +290,16 @@ class LinkBuffer:
 
     def skip(self, n: int) -> None:
         """Advance ``n`` bytes without returning them."""
-        _check_size(n)
-        self._check_read(n)
-        self._advance(n)
+        if type(n) is not int or n < 0:
+            _check_size(n)
+        if n > self._rlen or self._closed:
+            self._check_read(n)
+        node = self._nodes[self._hi] if n else None
+        if node is not None and node.w - node.r >= n:
+            node.r += n
+            self._rlen -= n
+        else:
+            self._advance(n)
 
     def _advance(self, n: int) -> None:
         nodes = self._nodes
@@ -680,6 +689,9 @@ class LinkBuffer:
         return views
 
     def _readable_views(self, limit: int = 1024) -> list[memoryview]:
+        if self._rlen and len(self._nodes) == 1:
+            node = self._nodes[0]
+            return [node.mv[node.r : node.r + self._rlen]]
         out: list[memoryview] = []
         left = self._rlen
         nodes = self._nodes
@@ -729,6 +741,45 @@ class LinkBuffer:
         """Publish ``n`` bytes received into the view ``recv_target`` gave: readable now."""
         self._nodes[-1].w += n
         self._rlen += n
+
+    def reserve(self, n: int) -> None:
+        """Arrange for the next ``n`` readable bytes to end up in one node when received.
+
+        A receiver calls this when a reader waits for ``n`` bytes: if they would straddle
+        nodes, the bytes buffered so far move (one small copy) to a fresh node with room
+        for all ``n``, so later receives land behind them and ``next(n)`` needs no copy.
+        Only for buffers without unflushed data (receive buffers).
+        """
+        if type(n) is not int or n < 0:
+            _check_size(n)
+        if self._wlen or n <= self._rlen or n <= 4096:
+            return
+        nodes = self._nodes
+        hi = self._hi
+        if self._rlen:
+            head = nodes[hi]
+            while head.r == head.w:
+                hi += 1
+                head = nodes[hi]
+            if head is nodes[-1] and head.buf is not None and head.cap - head.r >= n:
+                return  # already contiguous, with room for the rest
+        elif nodes:
+            tail = nodes[-1]
+            if tail.buf is not None and tail.cap - tail.w >= n:
+                return
+        node = POOL.take(_size_class(n))
+        have = self._rlen
+        if have:
+            pos = 0
+            for i in range(hi, len(nodes)):
+                src = nodes[i]
+                k = src.w - src.r
+                node.mv[pos : pos + k] = src.mv[src.r : src.w]
+                src.r = src.w
+                pos += k
+            node.w = have
+        nodes.append(node)
+        self._hi = len(nodes) - 1
 
     def keep_drained_block(self, cls: int) -> None:
         """Let ``release()`` keep one drained block of ``cls`` bytes instead of pooling it."""
