@@ -132,14 +132,20 @@ class PollBackend(Backend):
         self._p = select.poll()
         self._p.register(self.waker.rfd, EVENT_IN)
 
+    # poll() takes its fd list when a wait starts, so a change made from another thread
+    # is seen only by the next wait: wake the current one.
+
     def register(self, fd: int, events: int) -> None:
         self._p.register(fd, events)
+        self.trigger()
 
     def modify(self, fd: int, events: int) -> None:
         self._p.modify(fd, events)
+        self.trigger()
 
     def unregister(self, fd: int) -> None:
         self._p.unregister(fd)
+        self.trigger()
 
     def wait(self, timeout: float) -> list[tuple[int, int]]:
         ms = None if timeout < 0 else max(int(timeout * 1000 + 0.999), 0)
