@@ -988,7 +988,7 @@ class Connection:
 
     def _flush_buffer(self) -> None:
         out = self._wbuf
-        out.flush()
+        out._publish()  # sent before flush returns, so borrowed data needs no copy
         if not out._rlen:
             return
         deadline = 0.0

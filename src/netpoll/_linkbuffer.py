@@ -165,6 +165,7 @@ class LinkBuffer:
         "_cls",
         "_hi",
         "_keep",
+        "_mutable_refs",
         "_nodes",
         "_rlen",
         "_size",
@@ -188,6 +189,7 @@ class LinkBuffer:
         self._views: list[memoryview] | None = None  # handed out since the last release
         self._closed = False
         self._keep = 0  # block size release() keeps when drained (0: keep nothing)
+        self._mutable_refs = 0  # borrowed writable objects flush() must copy
 
     # ------------------------------------------------------------------ reader side
 
@@ -564,6 +566,8 @@ class LinkBuffer:
             return 0
         if n >= NOCOPY_WRITE_THRESHOLD:
             self._nodes.append(_Node(None, mv, 0, n, n, False))
+            if not mv.readonly:
+                self._mutable_refs += 1
         else:
             tail = self._tail_for(n)
             w = tail.w
@@ -599,21 +603,28 @@ class LinkBuffer:
         """
         mv = _as_bytes_view(p, "p")
         _check_size(remain_cap, "remain_cap")
+        if self._closed:
+            raise ValueError("LinkBuffer is closed")
         tail = self._nodes[-1] if self._nodes else None
-        if tail is None or tail.buf is None or remain_cap > min(self._wlen, tail.w - tail.r):
+        if remain_cap and (
+            tail is None or tail.buf is None or remain_cap > min(self._wlen, tail.w - tail.r)
+        ):
+            region = 0 if tail is None or tail.buf is None else min(self._wlen, tail.w - tail.r)
             raise ValueError(
-                f"remain_cap={remain_cap} exceeds the current malloc region "
-                f"({0 if tail is None else min(self._wlen, tail.w - tail.r)} bytes)"
+                f"remain_cap={remain_cap} exceeds the current malloc region ({region} bytes)"
             )
         n = len(mv)
         if n == 0:
             return
-        split = tail.w - remain_cap
-        copy = bytes(mv) if n < NOCOPY_WRITE_THRESHOLD else mv
-        middle = _Node(None, memoryview(copy), 0, n, n, False)
-        if remain_cap == 0:
+        if n < NOCOPY_WRITE_THRESHOLD:
+            mv = memoryview(bytes(mv))
+        elif not mv.readonly:
+            self._mutable_refs += 1
+        middle = _Node(None, mv, 0, n, n, False)
+        if remain_cap == 0 or tail is None:
             self._nodes.append(middle)
         else:
+            split = tail.w - remain_cap
             # The tail's block now backs two nodes; it must not return to the pool.
             rest = _Node(tail.buf, tail.mv, split, tail.w, tail.cap, False)
             tail.w = split
@@ -640,6 +651,7 @@ class LinkBuffer:
         n = w._wlen
         if n == 0:
             return
+        self._mutable_refs += w._mutable_refs
         self._nodes.extend(w._take_unflushed())
         self._wlen += n
 
@@ -670,25 +682,49 @@ class LinkBuffer:
         if self._hi >= len(nodes):
             self._hi = max(len(nodes) - 1, 0)
         self._wlen = 0
+        self._mutable_refs = 0
         return out
 
     def flush(self) -> None:
-        """Make everything written so far readable."""
+        """Make everything written so far readable.
+
+        Large writable objects given to ``write_binary`` were referenced, not copied; here
+        they are copied, so the caller may change them once ``flush`` returns.
+        """
         if self._closed:
             raise ValueError("LinkBuffer is closed")
+        if self._mutable_refs:
+            self._own_borrowed()
         self._rlen += self._wlen
         self._wlen = 0
+
+    def _publish(self) -> None:
+        """``flush`` for a sender that sends before returning: borrowed data stays borrowed."""
+        self._rlen += self._wlen
+        self._wlen = 0
+        self._mutable_refs = 0
+
+    def _own_borrowed(self) -> None:
+        """Replace references to callers' writable memory with private copies."""
+        for node in self._nodes:
+            if node.buf is None and not node.mv.readonly:
+                node.mv = memoryview(node.mv[node.r : node.w].tobytes())
+                node.w -= node.r
+                node.cap = node.w
+                node.r = 0
+        self._mutable_refs = 0
 
     # ------------------------------------------------------------------ whole buffer
 
     def get_bytes(self) -> list[memoryview]:
         """Readable data as a list of views (for ``sendmsg``), valid until ``release()``."""
-        views = self._readable_views()
+        views = self._readable_views(limit=0)
         for v in views:
             self._track(v)
         return views
 
     def _readable_views(self, limit: int = 1024) -> list[memoryview]:
+        """Views of the readable data; at most ``limit`` of them (IOV_MAX), 0 for all."""
         if self._rlen and len(self._nodes) == 1:
             node = self._nodes[0]
             return [node.mv[node.r : node.r + self._rlen]]
@@ -696,7 +732,7 @@ class LinkBuffer:
         left = self._rlen
         nodes = self._nodes
         i = self._hi
-        while left and len(out) < limit:
+        while left and (not limit or len(out) < limit):
             node = nodes[i]
             k = min(node.w - node.r, left)
             if k:

@@ -202,7 +202,7 @@ class _StreamWriter:
 
     def flush(self) -> None:
         buf = self._wbuf
-        buf.flush()
+        buf._publish()  # sent before flush returns, so borrowed data needs no copy
         while len(buf):
             for view in buf.send_views():
                 sent = self._put(view)
