@@ -15,6 +15,7 @@ __all__ = [
     "configure",
     "disable_runner_pool",
     "get_config",
+    "log",
     "logger",
     "set_load_balance",
     "set_logger_output",
@@ -59,6 +60,19 @@ def logger() -> logging.Logger:
     return _config.logger
 
 
+class _LogProxy:
+    """Stands for the configured logger, looked up at each call (``configure(logger=)``)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_config.logger, name)
+
+
+log: Any = _LogProxy()
+"""Module-level handle the library logs through; follows ``configure(logger=...)``."""
+
+
 def _check_positive_int(value: object, name: str) -> int:
     if type(value) is not int:
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -81,7 +95,13 @@ def configure(
     ``buffer_size`` is the receive node size of connections (bytes).
     """
     if poller_num is not None:
-        set_num_loops(poller_num)
+        set_num_loops(_check_positive_int(poller_num, "poller_num"))
+    if runner is not None and not callable(runner):
+        raise TypeError(f"runner must be callable, not {type(runner).__name__}")
+    if load_balance is not None and not isinstance(load_balance, LoadBalance):
+        raise TypeError(
+            f"load_balance must be a netpoll.LoadBalance, not {type(load_balance).__name__}"
+        )
     if buffer_size is not None:
         _check_positive_int(buffer_size, "buffer_size")
         if buffer_size < 1024:

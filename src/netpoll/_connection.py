@@ -9,7 +9,6 @@ writes into the output buffer, and on ``flush`` sends the buffer's views with on
 
 from __future__ import annotations
 
-import logging
 import select
 import socket
 import threading
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _config
+from ._config import log as _log
 from ._errors import (
     ConnectionClosedError,
     PeerClosedError,
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "OnRequest"]
 
-_log = logging.getLogger("netpoll")
 
 OnRequest = Callable[[Any, "Connection"], Any]
 CloseCallback = Callable[["Connection"], Any]
@@ -229,13 +228,13 @@ class Connection:
             # Receive into the tail's free space, or a fresh pooled node (inlined
             # LinkBuffer.recv_target/commit_recv: this runs once per readable event).
             tail = nodes[-1] if nodes else None
-            if (
-                tail is not None
-                and tail.buf is not None
-                and (
-                    tail.cap - tail.w >= _MIN_RECV_FREE
-                    or (self._need and tail.cap - tail.w >= self._need - inb._rlen)
-                )
+            # A short free tail still takes the rest of a frame a reader waits for (so the
+            # frame stays in one node), but never an empty one: recv_into would return 0,
+            # which reads as the end of the stream.
+            free = 0 if tail is None or tail.buf is None else tail.cap - tail.w
+            if tail is not None and (
+                free >= _MIN_RECV_FREE
+                or (free and self._need > inb._rlen and free >= self._need - inb._rlen)
             ):
                 w = tail.w
                 target = tail.mv[w : tail.cap]

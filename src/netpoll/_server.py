@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import threading
 import time
@@ -13,6 +12,7 @@ from typing import Any, Final
 
 from . import _config
 from . import _connection as C
+from ._config import log as _log
 from ._connection import Connection, OnRequest, _Hooks, _timeout_value
 from ._linkbuffer import _check_size
 from ._listener import Listener
@@ -22,7 +22,6 @@ from ._poll._poller import Poller, Timer
 
 __all__ = ["EventLoop", "ServerStats"]
 
-_log = logging.getLogger("netpoll")
 
 _ACCEPT_BATCH: Final = 256
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from . import _config
+from ._config import log as _log
 from ._errors import ConnectionClosedError
 from ._nocopy import Writer
 
 __all__ = ["ShardQueue", "WriterGetter"]
 
-_log = logging.getLogger("netpoll")
 
 WriterGetter = Callable[[], "tuple[Writer | None, bool]"]
 """Returns ``(writer, is_nil)``; a nil result is skipped."""

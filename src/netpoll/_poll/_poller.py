@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from .._config import log as _log
 from ._backend import Backend, new_backend
 
 __all__ = ["Poller", "Timer", "before_block", "current_poller"]
 
-_log = logging.getLogger("netpoll")
 
 MONITOR_INTERVAL: Final = 0.02  # seconds between the monitor's looks at the pollers
 MAX_IDLE_FOLLOWERS: Final = 8
