@@ -25,7 +25,6 @@ from bench.protocols import (
     WORKLOADS,
     ProtocolError,
     Session,
-    frame_header,
     frame_length,
     make_processor,
 )
@@ -299,16 +298,17 @@ def netpoll_handler(netpoll: Any, workload: str) -> Callable[[Any, Any], None]:
     if workload == "frames":
 
         def on_frames(ctx: Any, conn: Any) -> None:
-            # Zero-copy: the payload views go straight to the writer and are released only
-            # after the flush. A frame not fully buffered yet is waited for by next(n).
+            # Zero-copy: the reply is the request's own header and payload views, queued
+            # by reference and sent with one sendmsg; they are released after the flush.
+            # A frame not fully buffered yet is waited for by next(n).
             try:
                 while len(conn) >= 4:
-                    n = frame_length(conn.peek(4))
-                    if len(conn) < 4 + n and conn.malloc_len():
+                    header = conn.next(4)
+                    n = frame_length(header)
+                    if len(conn) < n and conn.malloc_len():
                         conn.flush()  # answer what is complete before waiting for more
-                    conn.skip(4)
                     payload = conn.next(n)
-                    conn.write_binary(frame_header(n))
+                    conn.write_binary(header)
                     conn.write_binary(payload)
                 conn.flush()
                 conn.release()

@@ -45,6 +45,7 @@ _CLOSED: Final = 2
 _MIN_RECV_FREE: Final = 2048  # below this much tail space, receive into a new node
 DEFAULT_READ_BUFFER_LIMIT: Final = 64 << 20
 _WAIT_SLICE: Final = 0.5  # a flush waiting for writability re-checks state this often
+_MAX_PENDING_PARTS: Final = 64  # beyond this many queued writes, copy into the buffer
 
 # Reasons a connection was closed, for the server's statistics.
 CLOSE_USER: Final = "user"
@@ -131,6 +132,7 @@ class Connection:
         "_state",
         "_wb",
         "_wpend",
+        "_wpend_len",
         "_write_timeout",
         "_wwaiting",
     )
@@ -164,7 +166,8 @@ class Connection:
         self._hot = False  # the input keeps a drained block; the poller's sweep tracks it
         self._shed_mark = -1
         self._wb: LinkBuffer | None = None  # the output buffer, made on first use
-        self._wpend: bytes | memoryview | None = None
+        self._wpend: list[bytes | memoryview] | None = None  # queued by reference
+        self._wpend_len = 0
         self._state = _OPEN
         self._eof = False  # the peer's end of stream (or a reset) was seen
         self._eof_handled = False
@@ -868,9 +871,10 @@ class Connection:
         if self._state != _OPEN:
             raise ConnectionClosedError("connection is closed")
 
-    # A lone write_binary of bytes or a memoryview into an empty output buffer is kept
-    # in ``_wpend`` instead of being copied into a node: flush then sends it directly. Any
-    # other writer call first moves it into the buffer (``_spill``), keeping the order.
+    # write_binary of bytes or memoryviews into an empty output buffer is queued by
+    # reference in ``_wpend`` instead of being copied into nodes: flush hands the queue to
+    # one send/sendmsg. Any other writer call first moves the queue into the buffer
+    # (``_spill``), which keeps the order.
 
     @property
     def _wbuf(self) -> LinkBuffer:
@@ -880,16 +884,19 @@ class Connection:
         return wb
 
     def _spill(self) -> None:
-        p = self._wpend
-        if p is not None:
+        parts = self._wpend
+        if parts:
             self._wpend = None
-            self._wbuf.write_binary(p)
+            self._wpend_len = 0
+            wb = self._wbuf
+            for p in parts:
+                wb.write_binary(p)
 
     def malloc(self, n: int) -> memoryview:
         """A writable view of ``n`` bytes, sent at the next flush."""
         if self._state != _OPEN:
             self._check_open()
-        if self._wpend is not None:
+        if self._wpend:
             self._spill()
         return self._wbuf.malloc(n)
 
@@ -897,9 +904,8 @@ class Connection:
         """Bytes written or allocated and not yet flushed."""
         if self._state != _OPEN:
             self._check_open()
-        p = self._wpend
         wb = self._wb
-        return (0 if wb is None else wb._wlen) + (0 if p is None else len(p))
+        return (0 if wb is None else wb._wlen) + self._wpend_len
 
     def malloc_ack(self, n: int) -> None:
         """Keep the first ``n`` unflushed bytes; drop the rest."""
@@ -911,14 +917,22 @@ class Connection:
         """Append bytes for the next flush; don't mutate ``b`` until then (it may be referenced)."""
         if self._state != _OPEN:
             self._check_open()
-        if self._wpend is None:
-            wb = self._wb
-            if (wb is None or not wb._nodes) and (
-                type(b) is bytes or (type(b) is memoryview and b.format == "B" and b.ndim == 1)
-            ):
-                self._wpend = b
-                return len(b)
-        else:
+        wb = self._wb
+        if (wb is None or not wb._nodes) and (
+            type(b) is bytes or (type(b) is memoryview and b.format == "B" and b.ndim == 1)
+        ):
+            n = len(b)
+            parts = self._wpend
+            if parts is None:
+                self._wpend = [b]
+            elif len(parts) < _MAX_PENDING_PARTS:
+                parts.append(b)
+            else:
+                self._spill()
+                return self._wbuf.write_binary(b)
+            self._wpend_len += n
+            return n
+        if self._wpend:
             self._spill()
         return self._wbuf.write_binary(b)
 
@@ -957,33 +971,52 @@ class Connection:
         """
         if self._state != _OPEN:
             self._check_open()
-        p = self._wpend
-        if p is not None:
-            self._wpend = None
+        parts = self._wpend
+        if parts:
             wb = self._wb
             if wb is None or not wb._nodes:
+                total = self._wpend_len
                 lock = self._lock
                 lock.acquire()
                 try:
-                    if self._state == _OPEN:
-                        try:
-                            n = self._sock.send(p)
-                        except (BlockingIOError, InterruptedError):
-                            n = 0
-                        except OSError:
-                            n = -1  # the slow path below meets the error again and reports it
-                        if n > 0:
-                            self._bytes_out += n
-                            if n == len(p):
-                                self._last = time.monotonic()
-                                return
-                        elif n < 0:
-                            n = 0
-                        p = memoryview(p)[n:]
+                    if self._state != _OPEN:
+                        raise ConnectionClosedError("connection is closed")
+                    try:
+                        n = (
+                            self._sock.send(parts[0])
+                            if len(parts) == 1
+                            else (self._sock.sendmsg(parts))
+                        )
+                    except (BlockingIOError, InterruptedError):
+                        n = 0
+                    except OSError:
+                        n = 0  # the slow path below meets the error again and reports it
+                    self._bytes_out += n
+                    if n == total:
+                        parts.clear()
+                        self._wpend_len = 0
+                        if self._idle_timeout:
+                            self._last = time.monotonic()
+                        return
+                    self._drop_sent_parts(n)
                 finally:
                     lock.release()
-            self._wbuf.write_binary(p)
+            self._spill()
         self._flush_buffer()
+
+    def _drop_sent_parts(self, n: int) -> None:
+        """Forget the first ``n`` bytes of the pending queue (the kernel took them)."""
+        parts = self._wpend
+        assert parts is not None
+        self._wpend_len -= n
+        while n:
+            first = parts[0]
+            if len(first) <= n:
+                n -= len(first)
+                del parts[0]
+            else:
+                parts[0] = memoryview(first)[n:]
+                n = 0
 
     def _flush_buffer(self) -> None:
         out = self._wbuf
