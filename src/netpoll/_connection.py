@@ -279,7 +279,10 @@ class Connection:
         if eof:
             self._after_eof(start)
         if start:
-            self._start_task()
+            if _config._config.runner is None:
+                self._process()  # inline on the poller thread: the fast, common case
+            else:
+                self._start_task()
 
     def _eof_locked(self) -> bool:
         """The peer ended the stream: stop watching and wake readers.
