@@ -25,8 +25,8 @@ from ._errors import (
     WriteTimeoutError,
     closed_error,
 )
-from ._linkbuffer import POOL, LinkBuffer, _check_size, _delim_byte, _size_class
-from ._nocopy import Reader, Writer, writer_buffer
+from ._linkbuffer import POOL, LinkBuffer, _check_size, _size_class, trim_line
+from ._nocopy import Reader, Writer, until_filling, writer_buffer
 from ._poll._backend import EVENT_OUT
 from ._poll._operator import FDOperator, PollEvent
 from ._poll._poller import Poller, Timer, before_block
@@ -760,28 +760,12 @@ class Connection:
     def until(self, delim: int | bytes) -> memoryview:
         """Data up to and including ``delim``; on a peer close first, ``PeerClosedError.partial``
         holds what was buffered."""
-        byte = _delim_byte(delim)
         with self._lock:
-            inb = self._in
-            while True:
-                pos = inb._find(byte)
-                if pos >= 0:
-                    return inb.next(pos + 1)
-                try:
-                    self._ensure_locked(inb._rlen + 1)
-                except PeerClosedError:
-                    partial = inb.read_binary(inb._rlen)
-                    raise PeerClosedError(
-                        f"peer closed before delimiter {bytes([byte])!r}", partial
-                    ) from None
+            return until_filling(self._in, delim, self._ensure_locked)
 
     def read_line(self) -> memoryview:
         """One line without ``\\n`` or ``\\r\\n``."""
-        line = self.until(10)
-        end = len(line) - 1
-        if end and line[end - 1] == 13:
-            end -= 1
-        out = line[:end]
+        out = trim_line(self.until(10))
         with self._lock:
             self._in._track(out)
         return out

@@ -139,6 +139,14 @@ def _as_bytes_view(b: object, name: str = "b") -> memoryview:
     return mv
 
 
+def trim_line(line: memoryview) -> memoryview:
+    """A line from ``until(b"\\n")`` without its ``\\n`` or ``\\r\\n``."""
+    end = len(line) - 1
+    if end and line[end - 1] == 13:
+        end -= 1
+    return line[:end]
+
+
 def _delim_byte(delim: int | bytes) -> int:
     if isinstance(delim, int) and not isinstance(delim, bool):
         if not 0 <= delim <= 255:
@@ -351,11 +359,7 @@ class LinkBuffer:
 
     def read_line(self) -> memoryview:
         """One line without its ``\\n`` (or ``\\r\\n``)."""
-        line = self.until(10)
-        end = len(line) - 1
-        if end and line[end - 1] == 13:
-            end -= 1
-        out = line[:end]
+        out = trim_line(self.until(10))
         self._track(out)
         return out
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from ._errors import InsufficientDataError, PeerClosedError
-from ._linkbuffer import DEFAULT_NODE_SIZE, LinkBuffer, _check_size, _delim_byte
+from ._linkbuffer import DEFAULT_NODE_SIZE, LinkBuffer, _check_size, _delim_byte, trim_line
 
 __all__ = [
     "ReadWriter",
@@ -71,6 +72,26 @@ def writer_buffer(w: object) -> LinkBuffer:
     raise TypeError(f"w must be a netpoll Writer, not {type(w).__name__}")
 
 
+def until_filling(buf: LinkBuffer, delim: int | bytes, more: Callable[[int], None]) -> memoryview:
+    """``buf.until(delim)``, calling ``more(n)`` to get ``n`` bytes buffered until it is found.
+
+    When ``more`` meets the end of the stream, the PeerClosedError carries what was
+    buffered in ``partial``.
+    """
+    byte = _delim_byte(delim)
+    while True:
+        pos = buf._find(byte)
+        if pos >= 0:
+            return buf.next(pos + 1)
+        try:
+            more(buf._rlen + 1)
+        except PeerClosedError:
+            partial = buf.read_binary(buf._rlen)
+            raise PeerClosedError(
+                f"end of stream before delimiter {bytes([byte])!r}", partial
+            ) from None
+
+
 class _StreamReader:
     """A Reader that pulls from any object with ``recv_into`` or ``readinto``."""
 
@@ -120,26 +141,10 @@ class _StreamReader:
         self._buf.skip(n)
 
     def until(self, delim: int | bytes) -> memoryview:
-        byte = _delim_byte(delim)
-        buf = self._buf
-        while True:
-            pos = buf._find(byte)
-            if pos >= 0:
-                return buf.next(pos + 1)
-            try:
-                self._fill(len(buf) + 1)
-            except PeerClosedError:
-                partial = buf.read_binary(len(buf))
-                raise PeerClosedError(
-                    f"end of stream before delimiter {bytes([byte])!r}", partial
-                ) from None
+        return until_filling(self._buf, delim, self._fill)
 
     def read_line(self) -> memoryview:
-        line = self.until(10)
-        end = len(line) - 1
-        if end and line[end - 1] == 13:
-            end -= 1
-        out = line[:end]
+        out = trim_line(self.until(10))
         self._buf._track(out)
         return out
 
