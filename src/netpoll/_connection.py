@@ -240,7 +240,8 @@ class Connection:
                 or (free and self._need > inb._rlen and free >= self._need - inb._rlen)
             ):
                 w = tail.w
-                target = tail.mv[w : tail.cap]
+                # Receive nodes span their whole block (cap == len(mv)).
+                target = tail.mv[w : tail.cap] if w else tail.mv
             else:
                 tail = POOL.take(self._recv_cls)
                 nodes.append(tail)
