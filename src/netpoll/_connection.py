@@ -362,7 +362,7 @@ class Connection:
         if on_connect is not None:
             try:
                 self._ctx = on_connect(self._ctx, self)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: a handler never kills a poller
                 self._handler_failed(exc)
                 return
         with self._lock:
@@ -394,7 +394,7 @@ class Connection:
             try:
                 if handler is not None:
                     handler(ctx, self)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: a handler never kills a poller
                 self._handler_failed(exc)
                 return
             lock.acquire()
@@ -681,7 +681,10 @@ class Connection:
             else:
                 left = None
             self._need = n
-            inb.reserve(n)  # a large frame then arrives contiguous: next(n) copies nothing
+            if n <= self._recv_cls << 1:
+                # A large frame then arrives contiguous and next(n) copies nothing. Bounded:
+                # a length a peer merely claims must not pin memory it never sends.
+                inb.reserve(n)
             if self._paused:
                 self._maybe_resume_locked()
             before_block()

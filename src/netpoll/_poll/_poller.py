@@ -297,7 +297,7 @@ class Poller:
                     if handler is not None:
                         try:
                             handler(ev)
-                        except Exception:
+                        except BaseException:  # user code must not end the poller thread
                             _log.exception("netpoll: event handler for fd %d failed", fd)
                         if self._epoch != epoch:
                             return
