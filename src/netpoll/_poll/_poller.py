@@ -1,7 +1,7 @@
 """The poller: one readiness backend served by a leader thread, with hand-off on blocking.
 
-Handlers run inline on the thread that polled (the leader), which is as fast as a
-hand-written event loop. A handler may block, though (``next(n)`` waiting for bytes, a
+Handlers run inline on the thread that polled (the leader): no queue and no thread switch
+per request. A handler may block, though (``next(n)`` waiting for bytes, a
 slow call). Before the library blocks a leader it hands the leader role to a follower
 thread (``before_block``), as Go's scheduler hands off its P when a goroutine enters a
 syscall; for blocking it cannot see (``time.sleep`` in user code), a monitor thread notices
