@@ -530,8 +530,11 @@ class Connection:
             timer, self._idle_timer = self._idle_timer, None
             callbacks, self._close_callbacks = self._close_callbacks, None
             busy = self._processing or self._need
+            hot, self._hot = self._hot, False
         if timer is not None:
             timer.cancel()
+        if hot:
+            self._poller.forget_hot(self)  # don't keep a closed connection alive until the sweep
         if not busy:
             self._drop_buffers()
         for cb in reversed(callbacks or ()):

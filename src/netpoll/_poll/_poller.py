@@ -147,6 +147,11 @@ class Poller:
         if arm:
             self._sweep_timer = self.call_later(SWEEP_INTERVAL, self._sweep)
 
+    def forget_hot(self, obj: _Sheddable) -> None:
+        """Stop tracking ``obj`` (it was closed)."""
+        with self._hot_lock:
+            self._hot.discard(obj)
+
     def _sweep(self) -> None:
         with self._hot_lock:
             hot = list(self._hot)

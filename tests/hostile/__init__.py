@@ -1,0 +1,1 @@
+"""Hostile-client reliability suite: see docs/reliability.md."""
