@@ -38,6 +38,9 @@ from typing import Any
 
 import netpoll
 
+# One frame echo handler for both kinds of server (in-process and _serverproc.py).
+from ._serverproc import frame_echo as frame_echo
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_SCRIPT = Path(__file__).resolve().with_name("_serverproc.py")
 FIGURES_ENV = "NETPOLL_RELIABILITY_JSON"
@@ -323,16 +326,6 @@ def run_threads(target: Callable[[int], None], n: int, timeout: float) -> list[B
 
 
 # --------------------------------------------------------------------------- handlers
-
-
-def frame_echo(ctx: Any, conn: netpoll.Connection) -> None:
-    """Echo one length-prefixed frame; waits in next(n) for the whole frame."""
-    hdr = conn.next(4)
-    body = conn.next(int.from_bytes(hdr, "big"))
-    conn.write_binary(hdr)
-    conn.write_binary(body)
-    conn.flush()
-    conn.release()
 
 
 # --------------------------------------------------------------------------- protocols
