@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _config
@@ -29,7 +30,8 @@ from ._linkbuffer import POOL, LinkBuffer, _check_size, _size_class, trim_line
 from ._nocopy import Reader, Writer, until_filling, writer_buffer
 from ._poll._backend import EVENT_OUT
 from ._poll._operator import FDOperator, PollEvent
-from ._poll._poller import Poller, Timer, before_block
+from ._poll._poller import Poller, Timer, before_block, current_poller
+from ._runner import slow_pool
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -46,6 +48,7 @@ _MIN_RECV_FREE: Final = 2048  # below this much tail space, receive into a new n
 DEFAULT_READ_BUFFER_LIMIT: Final = 64 << 20
 _WAIT_SLICE: Final = 0.5  # a flush waiting for writability re-checks state this often
 _MAX_PENDING_PARTS: Final = 64  # beyond this many queued writes, copy into the buffer
+_SLOW_HANDLER: Final = 0.001  # seconds; a handler run longer than this moves off the poller
 
 # Reasons a connection was closed, for the server's statistics.
 CLOSE_USER: Final = "user"
@@ -128,6 +131,7 @@ class Connection:
         "_recv_cls",
         "_remote_addr",
         "_shed_mark",
+        "_slow",
         "_sock",
         "_state",
         "_wb",
@@ -172,6 +176,7 @@ class Connection:
         self._eof = False  # the peer's end of stream (or a reset) was seen
         self._eof_handled = False
         self._processing = False
+        self._slow = False  # last handler run blocked invisibly: run tasks off the poller
         self._need = 0  # bytes a blocked reader waits for
         self._paused = False  # reading stopped by the read buffer limit
         self._on_request = on_request
@@ -280,7 +285,7 @@ class Connection:
         if eof:
             self._after_eof(start)
         if start:
-            if _config._config.runner is None:
+            if _config._config.runner is None and not self._slow:
                 self._process()  # inline on the poller thread: the fast, common case
             else:
                 self._start_task()
@@ -347,7 +352,10 @@ class Connection:
     def _start_task(self) -> None:
         runner = _config._config.runner
         if runner is None:
-            self._process()
+            if self._slow:
+                slow_pool().submit(self._process)
+            else:
+                self._process()
         else:
             try:
                 runner(self._ctx, self._process)
@@ -391,17 +399,26 @@ class Connection:
             before = inb._rlen
             received = self._bytes_in
             handler = self._on_request
+            t0 = monotonic()
             try:
                 if handler is not None:
                     handler(ctx, self)
             except BaseException as exc:  # SystemExit too: a handler never kills a poller
                 self._handler_failed(exc)
                 return
+            # A handler that keeps the thread this long blocked somewhere the library
+            # cannot see (a database call, a sleep): its next tasks run on the slow pool,
+            # so the poller is not lent to it again. A quick run brings it back inline.
+            slow = self._slow = monotonic() - t0 > _SLOW_HANDLER
             lock.acquire()
             try:
                 left = inb._rlen
                 if self._state == _OPEN and handler is self._on_request:
                     if left and (left != before or self._bytes_in != received):
+                        if slow and current_poller() is not None:
+                            # Still processing: the rest of the input is the pool's.
+                            slow_pool().submit(self._process)
+                            return
                         continue
                 elif self._state == _OPEN and left and self._on_request is not None:
                     continue  # the handler was replaced: give the new one a turn

@@ -43,13 +43,6 @@ def working_handler(ctx: Any, conn: netpoll.Connection) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (design limit): the monitor promotes a new leader only when one poll batch "
-    "outlasts its 20 ms look (Poller._monitor_check, tick == seen_tick); many short "
-    "invisible blocks (2 ms per request on 30 pipelining connections) never trip it, so "
-    "they run one after another on the leader and a well-behaved client stalls ~2 s",
-)
 def test_brief_invisible_blocking_on_many_connections_does_not_stall_others() -> None:
     """30 clients pipeline 60 requests each, 5 ms apart; each request blocks its handler
     2 ms. That is 1.2 s of waiting per second, spread over 30 connections: threads could
