@@ -353,7 +353,7 @@ class Connection:
         runner = _config._config.runner
         if runner is None:
             if self._slow:
-                slow_pool().submit(self._process)
+                slow_pool().submit(self._process, True)
             else:
                 self._process()
         else:
@@ -390,7 +390,7 @@ class Connection:
         elif self._hooks is not None and self._hooks.draining:
             self._hooks.on_idle(self)
 
-    def _process(self) -> None:
+    def _process(self, on_pool: bool = False) -> None:
         """The request task: call on_request while unread input remains and it progresses."""
         inb = self._in
         lock = self._lock
@@ -409,7 +409,11 @@ class Connection:
             # A handler that keeps the thread this long blocked somewhere the library
             # cannot see (a database call, a sleep): its next tasks run on the slow pool,
             # so the poller is not lent to it again. A quick run brings it back inline.
-            slow = self._slow = monotonic() - t0 > _SLOW_HANDLER
+            # A leader that handed off (a visible wait) is not slow; one that kept the
+            # poller, or a pool thread, is.
+            slow = self._slow = monotonic() - t0 > _SLOW_HANDLER and (
+                on_pool or current_poller() is not None
+            )
             lock.acquire()
             try:
                 left = inb._rlen
@@ -417,7 +421,7 @@ class Connection:
                     if left and (left != before or self._bytes_in != received):
                         if slow and current_poller() is not None:
                             # Still processing: the rest of the input is the pool's.
-                            slow_pool().submit(self._process)
+                            slow_pool().submit(self._process, True)
                             return
                         continue
                 elif self._state == _OPEN and left and self._on_request is not None:

@@ -176,6 +176,7 @@ class LinkBuffer:
         "_mutable_refs",
         "_nodes",
         "_rlen",
+        "_side",
         "_size",
         "_views",
         "_wlen",
@@ -198,6 +199,7 @@ class LinkBuffer:
         self._closed = False
         self._keep = 0  # block size release() keeps when drained (0: keep nothing)
         self._mutable_refs = 0  # borrowed writable objects flush() must copy
+        self._side: list[_Node] | None = None  # blocks holding assembled reads
 
     # ------------------------------------------------------------------ reader side
 
@@ -244,7 +246,7 @@ class LinkBuffer:
             else:
                 views.append(v)
             return v
-        v = memoryview(self._gather(n, advance=True))
+        v = self._assemble(n, advance=True)
         self._track(v)
         return v
 
@@ -262,16 +264,33 @@ class LinkBuffer:
             hi += 1
             node = self._nodes[hi]
         self._hi = hi
-        if node.w - node.r >= n:
-            v = node.mv[node.r : node.r + n]
-        else:
-            v = memoryview(self._gather(n, advance=False))
+        r = node.r
+        v = node.mv[r : r + n] if node.w - r >= n else self._assemble(n, advance=False)
         self._track(v)
         return v
+
+    def _assemble(self, n: int, advance: bool) -> memoryview:
+        """``n`` readable bytes spanning nodes, copied once into a pooled block.
+
+        The block goes back to the pool at ``release()``, with the view: a fresh
+        bytearray per read would cost an allocation, zero-filling and page faults.
+        """
+        node = POOL.take(_size_class(n))
+        self._gather_into(node.mv, n, advance)
+        side = self._side
+        if side is None:
+            self._side = [node]
+        else:
+            side.append(node)
+        return node.mv[:n]
 
     def _gather(self, n: int, advance: bool) -> bytearray:
         """Copy ``n`` readable bytes spanning several nodes into one new bytearray."""
         out = bytearray(n)
+        self._gather_into(memoryview(out), n, advance)
+        return out
+
+    def _gather_into(self, out: memoryview, n: int, advance: bool) -> None:
         pos = 0
         i = self._hi
         nodes = self._nodes
@@ -288,7 +307,6 @@ class LinkBuffer:
         if advance:
             self._rlen -= n
             self._hi = min(i, len(nodes) - 1) if nodes else 0
-        return out
 
     def _track(self, v: memoryview) -> None:
         """Remember a handed-out view so ``release()`` can revoke it."""
@@ -453,6 +471,12 @@ class LinkBuffer:
                     # it cannot be revoked, so its memory must never be reused.
                     tainted = True
             views.clear()
+        side = self._side
+        if side is not None:
+            self._side = None
+            if not tainted:
+                for node in side:
+                    _recycle(node)
         nodes = self._nodes
         if not nodes:
             return
