@@ -11,7 +11,6 @@ flushed yet. Flushing only moves the boundary, so it copies nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Final
 
 from ._errors import InsufficientDataError
@@ -886,8 +885,3 @@ class LinkBuffer:
                 self._hi = 0
             else:
                 self.release()
-
-    def write_views(self, views: Iterable[memoryview]) -> None:
-        """Append borrowed views (internal helper for adapters)."""
-        for v in views:
-            self.write_binary(v)
