@@ -1,15 +1,18 @@
 """LinkBuffer vs the bytearray way: parsing length-prefixed frames arriving in 8 KiB chunks.
 
-    python -m bench.linkbuffer_frames [--frames N] [--repeat R]
+    python -m bench.linkbuffer_frames [--bytes N] [--repeat R]
 
-Both parsers see the same byte stream (4-byte big-endian length + payload) delivered in
-8 KiB chunks, as a socket would deliver it:
+Both parsers read the same byte stream (4-byte big-endian length + payload) as a socket
+delivers it, 8 KiB per receive, and each pays the one copy its receive call makes:
 
-- LinkBuffer: each chunk lands in free node space (``recv_target``/``commit_recv``, what a
-  connection's ``recv_into`` does), then ``next(4)`` + ``next(n)`` + ``release()``.
-- bytearray: ``buf += chunk``; slice out the payload; ``del buf[:4 + n]`` (what
-  ``asyncio.StreamReader`` does).
+- LinkBuffer: ``recv_into`` free node space (``recv_target``/``commit_recv``, what a
+  connection does), then ``next(4)`` + ``next(n)`` + ``release()``.
+- bytearray: ``recv`` returns a fresh ``bytes`` (a slice of the stream here), then
+  ``buf += chunk``, slice out the payload, ``del buf[:4 + n]`` (what
+  ``asyncio.StreamReader`` does with what ``data_received`` got).
 
+``--free-input`` hands the bytearray parser ready-made chunk objects instead, so its
+receive copy is not counted (the comparison of the first version of this benchmark).
 Each parser touches the payload once (its last byte) so neither can skip the work.
 Reported: ns per frame (median of the repeats), the ratio, and peak traced memory.
 """
@@ -23,6 +26,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 from netpoll import LinkBuffer
 
@@ -30,34 +34,32 @@ CHUNK = 8192
 SIZES = (100, 4096, 65536)
 
 
-def make_stream(payload: int, frames: int) -> list[bytes]:
-    """The wire bytes for ``frames`` frames of ``payload`` bytes, cut into 8 KiB chunks."""
+def make_stream(payload: int, frames: int) -> bytes:
+    """The wire bytes of ``frames`` frames of ``payload`` bytes each."""
     frame = payload.to_bytes(4, "big") + bytes((i * 7) & 0xFF for i in range(payload))
-    data = frame * frames
-    return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+    return frame * frames
 
 
-def parse_linkbuffer(chunks: list[bytes]) -> int:
+def parse_linkbuffer(stream: bytes) -> int:
     buf = LinkBuffer()
+    src = memoryview(stream)
+    total = len(stream)
     frames = 0
     check = 0
     need = 0  # payload length of a frame whose header was read, else 0
-    for chunk in chunks:
-        # What a connection's receive does: fill the tail's free space, or a fresh node
-        # when there is little, unless what is free holds the rest of the awaited frame.
-        k = len(chunk)
-        target = buf.recv_target(min(2048, max(need - len(buf), 1)), 65536)
-        if len(target) >= k:
-            target[:k] = chunk
+    pos = 0
+    while pos < total:
+        end = min(pos + CHUNK, total)  # an 8 KiB arrival, drained as recv_into would
+        while pos < end:
+            # A connection's rule: the tail's free space, or a fresh node when little is
+            # free, unless what is free holds the rest of the awaited frame.
+            target = buf.recv_target(min(2048, max(need - len(buf), 1)), 65536)
+            k = min(len(target), end - pos)
+            target[:k] = src[pos : pos + k]
             buf.commit_recv(k)
-        else:
-            m = len(target)
-            target[:m] = chunk[:m]
-            buf.commit_recv(m)
-            rest = buf.recv_target(k - m, 65536)
-            rest[: k - m] = chunk[m:]
-            buf.commit_recv(k - m)
-        done = frames
+            pos += k
+        if len(buf) < need:
+            continue
         while True:
             if not need:
                 if len(buf) < 4:
@@ -66,18 +68,33 @@ def parse_linkbuffer(chunks: list[bytes]) -> int:
                 if len(buf) < need:
                     buf.reserve(need)  # what a connection does when next(n) must wait
                     break
-            elif len(buf) < need:
-                break
             payload = buf.next(need)
             check ^= payload[need - 1]
             need = 0
             frames += 1
-        if frames != done:
-            buf.release()
+        buf.release()
     return frames + (check & 0)
 
 
-def parse_bytearray(chunks: list[bytes]) -> int:
+def parse_bytearray(stream: bytes) -> int:
+    buf = bytearray()
+    frames = 0
+    check = 0
+    for pos in range(0, len(stream), CHUNK):
+        buf += stream[pos : pos + CHUNK]  # recv(): a new bytes object, then accumulate
+        while len(buf) >= 4:
+            n = int.from_bytes(buf[:4], "big")
+            if len(buf) < 4 + n:
+                break
+            payload = buf[4 : 4 + n]
+            del buf[: 4 + n]
+            check ^= payload[n - 1]
+            frames += 1
+    return frames + (check & 0)
+
+
+def parse_bytearray_free_input(chunks: list[bytes]) -> int:
+    """``parse_bytearray`` with its chunks made beforehand: the receive copy not counted."""
     buf = bytearray()
     frames = 0
     check = 0
@@ -94,22 +111,27 @@ def parse_bytearray(chunks: list[bytes]) -> int:
     return frames + (check & 0)
 
 
-def time_parser(fn: Callable[[list[bytes]], int], chunks: list[bytes], frames: int) -> float:
+def chunked(stream: bytes) -> list[bytes]:
+    """The stream cut into the 8 KiB pieces that ``recv`` would return."""
+    return [stream[i : i + CHUNK] for i in range(0, len(stream), CHUNK)]
+
+
+def time_parser(fn: Callable[[Any], int], data: Any, frames: int) -> float:
     gc.collect()
     t0 = time.perf_counter()
-    got = fn(chunks)
+    got = fn(data)
     elapsed = time.perf_counter() - t0
     if got != frames:
         raise SystemExit(f"{fn.__name__} parsed {got} frames, expected {frames}")
     return elapsed / frames * 1e9
 
 
-def peak_memory(fn: Callable[[list[bytes]], int], chunks: list[bytes]) -> int:
+def peak_memory(fn: Callable[[Any], int], data: Any) -> int:
     gc.collect()
     tracemalloc.start()
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
-    fn(chunks)
+    fn(data)
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     return peak
@@ -121,27 +143,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="runs per parser (median)")
     args = parser.parse_args(argv)
     print(f"Python {sys.version.split()[0]}; {args.bytes >> 20} MiB per payload size")
+    print("ns per frame, median of the runs; ratio = LinkBuffer time / bytearray time")
     header = (
-        f"{'payload':>8}  {'frames':>7}  {'LinkBuffer ns/frame':>20}  "
-        f"{'bytearray ns/frame':>19}  {'LinkBuffer/bytearray':>20}  {'peak mem LB / BA':>18}"
+        f"{'payload':>8}  {'frames':>7}  {'LinkBuffer':>10}  {'bytearray':>9}  {'ratio':>6}  "
+        f"{'bytearray, input free':>21}  {'ratio':>6}  {'peak mem LB / BA':>16}"
     )
     print(header)
     print("-" * len(header))
     for size in SIZES:
         frames = max(args.bytes // (size + 4), 100)
-        chunks = make_stream(size, frames)
+        stream = make_stream(size, frames)
+        chunks = chunked(stream)
         lb: list[float] = []
         ba: list[float] = []
-        for _ in range(args.repeat):  # interleaved so drift hits both alike
-            lb.append(time_parser(parse_linkbuffer, chunks, frames))
-            ba.append(time_parser(parse_bytearray, chunks, frames))
-        lb_ns, ba_ns = statistics.median(lb), statistics.median(ba)
+        free: list[float] = []
+        for _ in range(args.repeat):  # interleaved so drift hits all alike
+            lb.append(time_parser(parse_linkbuffer, stream, frames))
+            ba.append(time_parser(parse_bytearray, stream, frames))
+            free.append(time_parser(parse_bytearray_free_input, chunks, frames))
+        lb_ns, ba_ns, free_ns = (statistics.median(x) for x in (lb, ba, free))
         small = make_stream(size, min(frames, 2000))
         mem_lb = peak_memory(parse_linkbuffer, small)
         mem_ba = peak_memory(parse_bytearray, small)
         print(
-            f"{size:>8}  {frames:>7}  {lb_ns:>20.0f}  {ba_ns:>19.0f}  "
-            f"{lb_ns / ba_ns:>19.2f}x  {mem_lb >> 10:>7} / {mem_ba >> 10:>4} KiB"
+            f"{size:>8}  {frames:>7}  {lb_ns:>10.0f}  {ba_ns:>9.0f}  {lb_ns / ba_ns:>5.2f}x  "
+            f"{free_ns:>21.0f}  {lb_ns / free_ns:>5.2f}x  "
+            f"{mem_lb >> 10:>6} / {mem_ba >> 10:>4} KiB"
         )
     return 0
 

@@ -26,9 +26,8 @@ from ._errors import (
     WriteTimeoutError,
     closed_error,
 )
-from ._linkbuffer import POOL, LinkBuffer, _check_size, _size_class, trim_line
+from ._linkbuffer import POOL, LinkBuffer, _check_size, _Node, _size_class, trim_line
 from ._nocopy import Reader, Writer, until_filling, writer_buffer
-from ._poll._backend import EVENT_OUT
 from ._poll._operator import FDOperator, PollEvent
 from ._poll._poller import Poller, Timer, before_block, current_poller
 from ._runner import slow_pool
@@ -49,6 +48,7 @@ DEFAULT_READ_BUFFER_LIMIT: Final = 64 << 20
 _WAIT_SLICE: Final = 0.5  # a flush waiting for writability re-checks state this often
 _MAX_PENDING_PARTS: Final = 64  # beyond this many queued writes, copy into the buffer
 _SLOW_HANDLER: Final = 0.001  # seconds; a handler run longer than this moves off the poller
+_RECV_GROWTH: Final = 4  # receive blocks grow up to this many times the configured size
 
 # Reasons a connection was closed, for the server's statistics.
 CLOSE_USER: Final = "user"
@@ -114,6 +114,7 @@ class Connection:
         "_fd",
         "_hooks",
         "_hot",
+        "_idle_seen",
         "_idle_timeout",
         "_idle_timer",
         "_in",
@@ -128,6 +129,7 @@ class Connection:
         "_processing",
         "_read_limit",
         "_read_timeout",
+        "_recv_base",
         "_recv_cls",
         "_remote_addr",
         "_shed_mark",
@@ -195,9 +197,13 @@ class Connection:
         self._close_reason = ""
         self._bytes_in = 0
         self._bytes_out = 0
-        self._last = time.monotonic()
+        self._last = time.monotonic()  # when the idle check last saw activity
+        self._idle_seen = 0
         self._wwaiting = False
-        self._recv_cls = _size_class(_config.get_config().buffer_size)
+        # Receive blocks start at the configured size and double (up to _RECV_GROWTH
+        # times it) while receives fill them, so a large message lands in one block and
+        # reads of it copy nothing. They shrink back when the connection goes quiet.
+        self._recv_base = self._recv_cls = _size_class(_config.get_config().buffer_size)
         self._in.keep_drained_block(self._recv_cls)
         self._local_addr: Any = None  # looked up on first use
         if remote_addr is None:
@@ -223,38 +229,39 @@ class Connection:
     # ------------------------------------------------------------------ poller half
 
     def _on_event(self, ev: int) -> None:
-        if ev == EVENT_OUT:
-            return  # writability is awaited by the flushing thread itself
+        # Registered for input only (a flush that must wait polls the fd itself), so every
+        # event here means readable, hung up or failed: a receive tells which.
         start = eof = False
         lock = self._lock
         lock.acquire()
         try:
-            if self._state != _OPEN or self._eof_handled:
+            if self._state or self._eof_handled:  # _OPEN is 0
                 return
             inb = self._in
             nodes = inb._nodes
             # Receive into the tail's free space, or a fresh pooled node (inlined
-            # LinkBuffer.recv_target/commit_recv: this runs once per readable event).
-            tail = nodes[-1] if nodes else None
-            # A short free tail still takes the rest of a frame a reader waits for (so the
-            # frame stays in one node), but never an empty one: recv_into would return 0,
-            # which reads as the end of the stream.
-            free = 0 if tail is None or tail.buf is None else tail.cap - tail.w
-            if tail is not None and (
-                free >= _MIN_RECV_FREE
-                or (free and self._need > inb._rlen and free >= self._need - inb._rlen)
-            ):
+            # LinkBuffer.recv_target/commit_recv: this runs once per readable event). Every
+            # node of an input buffer owns its block, so the tail's free space is writable.
+            if nodes:
+                tail = nodes[-1]
                 w = tail.w
-                # Receive nodes span their whole block (cap == len(mv)).
-                target = tail.mv[w : tail.cap] if w else tail.mv
+                free = tail.cap - w
+                # A short free tail still takes the rest of a frame a reader waits for (so
+                # the frame stays in one node), but never an empty one: recv_into would
+                # return 0, which reads as the end of the stream.
+                if free >= _MIN_RECV_FREE or (
+                    free and self._need > inb._rlen and free >= self._need - inb._rlen
+                ):
+                    # Receive nodes span their whole block (cap == len(mv)).
+                    target = tail.mv[w : tail.cap] if w else tail.mv
+                else:
+                    tail = self._fresh_tail(nodes)
+                    w = 0
+                    target = tail.mv
             else:
-                tail = POOL.take(self._recv_cls)
-                nodes.append(tail)
+                tail = self._fresh_tail(nodes)
                 w = 0
                 target = tail.mv
-                if not self._hot:
-                    self._hot = True
-                    self._poller.note_hot(self)
             try:
                 n = self._sock.recv_into(target)
             except (BlockingIOError, InterruptedError):
@@ -263,18 +270,19 @@ class Connection:
             except OSError:
                 n = 0  # a reset: treated as the end of the stream
             if n:
-                tail.w = w + n
-                inb._rlen += n
+                w += n
+                tail.w = w
+                if w == tail.cap and self._recv_cls < self._recv_base * _RECV_GROWTH:
+                    self._grow_recv()
+                rlen = inb._rlen = inb._rlen + n
                 self._bytes_in += n
-                self._last = self._poller.now
                 need = self._need
                 if need:
-                    if inb._rlen >= need and self._cond is not None:
+                    if rlen >= need and self._cond is not None:
                         self._cond.notify_all()
                 elif not self._processing and self._on_request is not None and self._connected:
-                    self._processing = True
-                    start = True
-                if inb._rlen >= self._read_limit and inb._rlen >= need:
+                    self._processing = start = True
+                if rlen >= self._read_limit and rlen >= need:
                     self._pause_locked()
             else:
                 inb.drop_empty_tail()
@@ -285,10 +293,24 @@ class Connection:
         if eof:
             self._after_eof(start)
         if start:
-            if _config._config.runner is None and not self._slow:
-                self._process()  # inline on the poller thread: the fast, common case
-            else:
+            if self._slow or _config._config.runner is not None:
                 self._start_task()
+            else:
+                self._process(False)  # inline on the poller thread: the fast, common case
+
+    def _grow_recv(self) -> None:
+        """A receive filled its block: the next fresh block is twice as large."""
+        self._recv_cls <<= 1
+        self._in.keep_drained_block(self._recv_cls)
+
+    def _fresh_tail(self, nodes: list[_Node]) -> _Node:
+        """Append a fresh pooled receive node; the poller's sweep will reclaim it when quiet."""
+        tail = POOL.take(self._recv_cls)
+        nodes.append(tail)
+        if not self._hot:
+            self._hot = True
+            self._poller.note_hot(self)
+        return tail
 
     def _eof_locked(self) -> bool:
         """The peer ended the stream: stop watching and wake readers.
@@ -335,6 +357,8 @@ class Connection:
                 return False
             if self._in.shed() or not self._in._nodes:
                 self._hot = False
+                self._recv_cls = self._recv_base  # quiet now: start small again
+                self._in.keep_drained_block(self._recv_base)
                 return True
             return False
 
@@ -395,11 +419,16 @@ class Connection:
         inb = self._in
         lock = self._lock
         ctx = self._ctx
+        poller = self._poller
         while True:
             before = inb._rlen
             received = self._bytes_in
             handler = self._on_request
-            t0 = monotonic()
+            # Runs are timed on the slow pool, and inline only after a slow batch of the
+            # poller: timing every run would cost two clock reads per request.
+            timed = on_pool or poller.timing
+            if timed:
+                t0 = monotonic()
             try:
                 if handler is not None:
                     handler(ctx, self)
@@ -411,26 +440,28 @@ class Connection:
             # so the poller is not lent to it again. A quick run brings it back inline.
             # A leader that handed off (a visible wait) is not slow; one that kept the
             # poller, or a pool thread, is.
-            slow = self._slow = monotonic() - t0 > _SLOW_HANDLER and (
-                on_pool or current_poller() is not None
+            slow = timed and (
+                monotonic() - t0 > _SLOW_HANDLER and (on_pool or current_poller() is not None)
             )
+            if timed:
+                self._slow = slow
             lock.acquire()
             try:
                 left = inb._rlen
-                if self._state == _OPEN and handler is self._on_request:
+                if not self._state and handler is self._on_request:
                     if left and (left != before or self._bytes_in != received):
                         if slow and current_poller() is not None:
                             # Still processing: the rest of the input is the pool's.
                             slow_pool().submit(self._process, True)
                             return
                         continue
-                elif self._state == _OPEN and left and self._on_request is not None:
+                elif not self._state and left and self._on_request is not None:
                     continue  # the handler was replaced: give the new one a turn
                 self._processing = False
                 eof = self._eof
                 if self._paused:
                     self._maybe_resume_locked()
-                closed = self._state != _OPEN
+                closed = self._state
             finally:
                 lock.release()
             break
@@ -628,18 +659,28 @@ class Connection:
             self._idle_timeout = value
             old, self._idle_timer = self._idle_timer, None
             if value and self._state == _OPEN:
-                self._idle_timer = self._poller.call_later(value, self._idle_check)
+                self._last = time.monotonic()
+                self._idle_seen = self._bytes_in + self._bytes_out
+                self._idle_timer = self._poller.call_later(value / 4, self._idle_check)
         if old is not None:
             old.cancel()
 
     def _idle_check(self) -> None:
+        # Activity is seen by the byte counters moving between checks, so the receive and
+        # send paths need not read a clock. A check every quarter of the timeout bounds
+        # the close to between t and 1.25 t after the last byte.
         with self._lock:
             t = self._idle_timeout
             if not t or self._state != _OPEN:
                 return
-            left = self._last + t - time.monotonic()
-            if left > 0 or self._processing or self._need:
-                self._idle_timer = self._poller.call_later(max(left, t / 10), self._idle_check)
+            now = time.monotonic()
+            seen = self._bytes_in + self._bytes_out
+            if seen != self._idle_seen or self._processing or self._need:
+                self._idle_seen = seen
+                self._last = now
+            left = self._last + t - now
+            if left > 0:
+                self._idle_timer = self._poller.call_later(min(left, t / 4), self._idle_check)
                 return
             self._idle_timer = None
         _log.debug("netpoll: idle timeout on %r", self)
@@ -730,8 +771,9 @@ class Connection:
             return False
         inb = self._in
         min_free = min(_MIN_RECV_FREE, max(need - inb._rlen, 1))
+        target = inb.recv_target(min_free, self._recv_cls)
         try:
-            n = self._sock.recv_into(inb.recv_target(min_free, self._recv_cls))
+            n = self._sock.recv_into(target)
         except (BlockingIOError, InterruptedError):
             inb.drop_empty_tail()
             return False
@@ -739,6 +781,8 @@ class Connection:
             n = 0
         if n:
             inb.commit_recv(n)
+            if n == len(target) and self._recv_cls < self._recv_base * _RECV_GROWTH:
+                self._grow_recv()
             self._bytes_in += n
             return True
         inb.drop_empty_tail()
@@ -751,13 +795,14 @@ class Connection:
         lock.acquire()
         try:
             inb = self._in
-            if self._state == _OPEN and type(n) is int and 0 < n <= inb._rlen:
+            if type(n) is int and 0 < n <= inb._rlen and not self._state:
                 node = inb._nodes[inb._hi]
                 r = node.r
-                if node.w - r >= n:  # the common case, LinkBuffer.next inlined
-                    node.r = r + n
+                e = r + n
+                if e <= node.w:  # the common case, LinkBuffer.next inlined
+                    node.r = e
                     inb._rlen -= n
-                    v = node.mv[r : r + n]
+                    v = node.mv[r:e]
                     views = inb._views
                     if views is None:
                         inb._views = [v]
@@ -830,9 +875,36 @@ class Connection:
         lock = self._lock
         lock.acquire()
         try:
-            if self._state == _CLOSED and not self._readable_after_close():
+            if self._state and not self._readable_after_close():
                 raise ConnectionClosedError("connection is closed")
-            self._in.release()
+            inb = self._in
+            views = inb._views
+            nodes = inb._nodes
+            if (
+                views
+                and len(views) == 1
+                and not inb._rlen
+                and inb._side is None
+                and len(nodes) == 1
+                and nodes[0].cap == inb._keep
+            ):
+                # The common case, LinkBuffer.release inlined: one view out, everything
+                # read, and the kept receive block to reset for the next request.
+                v = views.pop()
+                try:
+                    v.release()
+                except BufferError:
+                    views.append(v)  # exported further: release() keeps its memory out
+                    inb.release()
+                else:
+                    node = nodes[0]
+                    if node.pooled:
+                        node.r = node.w = 0
+                        inb._hi = 0
+                    else:
+                        inb.release()
+            else:
+                inb.release()
             if self._paused:
                 self._maybe_resume_locked()
         finally:
@@ -930,23 +1002,27 @@ class Connection:
 
     def write_binary(self, b: bytes | bytearray | memoryview) -> int:
         """Append bytes for the next flush; don't mutate ``b`` until then (it may be referenced)."""
-        if self._state != _OPEN:
+        if self._state:
             self._check_open()
-        wb = self._wb
-        if (wb is None or not wb._nodes) and (
-            type(b) is bytes or (type(b) is memoryview and b.format == "B" and b.ndim == 1)
-        ):
-            n = len(b)
-            parts = self._wpend
-            if parts is None:
-                self._wpend = [b]
-            elif len(parts) < _MAX_PENDING_PARTS:
-                parts.append(b)
-            else:
-                self._spill()
-                return self._wbuf.write_binary(b)
-            self._wpend_len += n
-            return n
+        t = type(b)
+        # Immutable bytes and contiguous views are queued by reference (see _wpend).
+        if t is memoryview:
+            n = b.nbytes if b.c_contiguous else -1  # type: ignore[union-attr]
+        else:
+            n = len(b) if t is bytes else -1
+        if n >= 0:
+            wb = self._wb
+            if wb is None or not wb._nodes:
+                parts = self._wpend
+                if parts is None:
+                    self._wpend = [b]  # type: ignore[list-item]  # bytes or a view, by n
+                elif len(parts) < _MAX_PENDING_PARTS:
+                    parts.append(b)  # type: ignore[arg-type]
+                else:
+                    self._spill()
+                    return self._wbuf.write_binary(b)
+                self._wpend_len += n
+                return n
         if self._wpend:
             self._spill()
         return self._wbuf.write_binary(b)
@@ -984,17 +1060,14 @@ class Connection:
         A write timeout closes the connection: part of the data may have gone out, so the
         stream can no longer be trusted.
         """
-        if self._state != _OPEN:
-            self._check_open()
         parts = self._wpend
         if parts:
             wb = self._wb
             if wb is None or not wb._nodes:
-                total = self._wpend_len
                 lock = self._lock
                 lock.acquire()
                 try:
-                    if self._state != _OPEN:
+                    if self._state:
                         raise ConnectionClosedError("connection is closed")
                     try:
                         n = (
@@ -1007,16 +1080,16 @@ class Connection:
                     except OSError:
                         n = 0  # the slow path below meets the error again and reports it
                     self._bytes_out += n
-                    if n == total:
+                    if n == self._wpend_len:
                         parts.clear()
                         self._wpend_len = 0
-                        if self._idle_timeout:
-                            self._last = time.monotonic()
                         return
                     self._drop_sent_parts(n)
                 finally:
                     lock.release()
             self._spill()
+        if self._state:
+            self._check_open()
         self._flush_buffer()
 
     def _drop_sent_parts(self, n: int) -> None:
@@ -1025,12 +1098,12 @@ class Connection:
         assert parts is not None
         self._wpend_len -= n
         while n:
-            first = parts[0]
+            first = memoryview(parts[0]).cast("B")  # sizes are in bytes, whatever the format
             if len(first) <= n:
                 n -= len(first)
                 del parts[0]
             else:
-                parts[0] = memoryview(first)[n:]
+                parts[0] = first[n:]
                 n = 0
 
     def _flush_buffer(self) -> None:
@@ -1051,7 +1124,6 @@ class Connection:
                         n = sock.send(views[0]) if len(views) == 1 else sock.sendmsg(views)
                         out.consume_sent(n)
                         self._bytes_out += n
-                    self._last = time.monotonic()
                     return
                 except (BlockingIOError, InterruptedError):
                     self._wwaiting = True

@@ -221,14 +221,32 @@ class LinkBuffer:
 
     def next(self, n: int) -> memoryview:
         """Return the next ``n`` bytes and advance; zero-copy when they sit in one node."""
-        if type(n) is not int or n < 0:
-            _check_size(n)
-        if n > self._rlen or self._closed:
-            self._check_read(n)
-        nodes = self._nodes
-        hi = self._hi
+        if type(n) is int and 0 < n <= self._rlen:
+            # The common case first, in as few steps as possible: the bytes sit in the head
+            # node. (A closed buffer has nothing readable, so it never gets here.)
+            node = self._nodes[self._hi]
+            r = node.r
+            e = r + n
+            if e <= node.w:
+                node.r = e
+                self._rlen -= n
+                v = node.mv[r:e]
+                views = self._views
+                if views is None:
+                    self._views = [v]
+                else:
+                    views.append(v)
+                return v
+        return self._next_slow(n)
+
+    def _next_slow(self, n: int) -> memoryview:
+        """``next`` when the bytes span nodes, the head is drained, or ``n`` is unusual."""
+        _check_size(n)
+        self._check_read(n)
         if n == 0:
             return memoryview(b"")
+        nodes = self._nodes
+        hi = self._hi
         node = nodes[hi]
         while node.r == node.w:
             hi += 1
@@ -239,13 +257,8 @@ class LinkBuffer:
             node.r = r + n
             self._rlen -= n
             v = node.mv[r : r + n]
-            views = self._views
-            if views is None:
-                self._views = [v]
-            else:
-                views.append(v)
-            return v
-        v = self._assemble(n, advance=True)
+        else:
+            v = self._assemble(n, advance=True)
         self._track(v)
         return v
 
@@ -460,8 +473,8 @@ class LinkBuffer:
     def release(self) -> None:
         """Free everything read so far; views handed out before become unusable."""
         views = self._views
-        tainted = False
         if views:
+            tainted = False
             for v in views:
                 try:
                     v.release()
@@ -470,29 +483,28 @@ class LinkBuffer:
                     # it cannot be revoked, so its memory must never be reused.
                     tainted = True
             views.clear()
+            if tainted:
+                self._release_tainted()
+                return
         side = self._side
         if side is not None:
             self._side = None
-            if not tainted:
-                for node in side:
-                    _recycle(node)
+            for node in side:
+                _recycle(node)
         nodes = self._nodes
         if not nodes:
             return
-        if self._rlen == 0 and self._wlen == 0:
-            if self._keep and len(nodes) == 1 and not tainted:
+        if not self._rlen and not self._wlen:
+            if len(nodes) == 1:
                 node = nodes[0]
-                if node.pooled and node.cap == self._keep:
+                if node.cap == self._keep and node.pooled:
                     # Keep the drained block for the next receive: saves a pool round
                     # trip per request. The owner hands it back when it goes idle.
                     node.r = node.w = 0
                     self._hi = 0
                     return
-            put = POOL.put
             for node in nodes:
-                if node.pooled and not tainted and node.buf is not None:
-                    node.pooled = False
-                    put(node)
+                _recycle(node)
             nodes.clear()
             self._hi = 0
             return
@@ -503,13 +515,31 @@ class LinkBuffer:
             head = nodes[hi]
         if hi:
             for node in nodes[:hi]:
-                if tainted:
-                    node.pooled = False
                 _recycle(node)
             del nodes[:hi]
             self._hi = 0
-        if tainted:
-            nodes[0].pooled = False
+
+    def _release_tainted(self) -> None:
+        """``release()`` when a view could not be revoked: drop consumed memory unpooled."""
+        self._side = None  # its blocks may back the unrevoked view: leave them to the GC
+        nodes = self._nodes
+        if not self._rlen and not self._wlen:
+            for node in nodes:
+                node.pooled = False
+            nodes.clear()
+            self._hi = 0
+            return
+        hi = self._hi
+        head = nodes[hi]
+        while head.r == head.w and hi + 1 < len(nodes):
+            hi += 1
+            head = nodes[hi]
+        if hi:
+            for node in nodes[:hi]:
+                node.pooled = False
+            del nodes[:hi]
+            self._hi = 0
+        nodes[0].pooled = False
 
     # ------------------------------------------------------------------ writer side
 

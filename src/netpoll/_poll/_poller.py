@@ -31,6 +31,10 @@ MAX_IDLE_FOLLOWERS: Final = 8
 FOLLOWER_IDLE_EXIT: Final = 30.0  # an idle follower beyond the first exits after this
 
 SWEEP_INTERVAL: Final = 1.0  # seconds between looks for quiet connections' spare blocks
+# A batch of events that kept the leader this long makes the handler runs of the next
+# TIMING_SPAN seconds timed, to find the connection that blocks where nobody can see.
+SLOW_BATCH: Final = 0.001
+TIMING_SPAN: Final = 1.0
 
 _tls = threading.local()
 
@@ -96,6 +100,9 @@ class Poller:
         self._timers: list[tuple[float, int, Timer]] = []
         self._tseq = itertools.count()
         self.now = time.monotonic()  # coarse clock, refreshed after every wait
+        # True for a while after a slow batch: connections then time their handler runs.
+        self.timing = False
+        self._timing_until = 0.0
         waker = self.backend.waker
         self._handlers[waker.rfd] = lambda _ev: waker.drain()
         self._started = False
@@ -244,6 +251,10 @@ class Poller:
             tick = self._tick
             if self._busy and tick == seen_tick and self._leader_ident and not self._closed:
                 _log.debug("netpoll: poller %d leader blocked in a handler; promoting", self.index)
+                # Unlocked writes race with the leader's own; losing one only delays the
+                # timing by a batch, which the next slow batch turns on again.
+                self._timing_until = time.monotonic() + TIMING_SPAN
+                self.timing = True
                 self._promote_locked()
         return tick
 
@@ -296,7 +307,7 @@ class Poller:
                 events = wait(timeout)
                 self._busy = True
                 self._tick += 1
-                self.now = monotonic()
+                start = self.now = monotonic()
                 for fd, ev in events:
                     handler = handlers.get(fd)
                     if handler is not None:
@@ -306,7 +317,13 @@ class Poller:
                             _log.exception("netpoll: event handler for fd %d failed", fd)
                         if self._epoch != epoch:
                             return
-                if self._timers and self._timers[0][0] <= monotonic():
+                end = monotonic()
+                # One clock read per batch instead of two per handler run: only after a
+                # slow batch are handler runs timed, for a while, to find the culprit.
+                if end - start > SLOW_BATCH:
+                    self._timing_until = end + TIMING_SPAN
+                self.timing = end < self._timing_until
+                if self._timers and self._timers[0][0] <= end:
                     self._run_timers()
                     if self._epoch != epoch:
                         return
