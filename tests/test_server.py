@@ -121,6 +121,40 @@ def test_frames_split_across_reads_and_buffer_nodes(serve: ServeFactory) -> None
     assert recv_exact(c, len(stream)) == stream
 
 
+@pytest.mark.timeout(20)
+def test_receive_blocks_grow_until_a_frame_lands_in_one(serve: ServeFactory) -> None:
+    """Frames larger than buffer_size: receive blocks double while receives fill them, so
+    later frames arrive in one block and next(n) returns views of it, not a copy. Once the
+    connection is quiet, its next block is buffer_size again."""
+    netpoll.configure(buffer_size=4096)
+    seen: list[tuple[bool, int]] = []  # (header and payload share a block, its size)
+    conns: list[netpoll.Connection] = []
+
+    def handler(ctx: Any, conn: netpoll.Connection) -> None:
+        hdr = conn.next(4)
+        body = conn.next(int.from_bytes(hdr, "big"))
+        seen.append((hdr.obj is body.obj, len(body.obj)))
+        conns.append(conn)
+        conn.write_binary(hdr)
+        conn.write_binary(body)
+        conn.flush()
+        conn.release()
+
+    srv = serve(handler)
+    c = srv.connect()
+    payload = random.Random(3).randbytes(12_000)  # 4 + 12,000 bytes: three 4 KiB blocks
+    for _ in range(10):
+        c.sendall(frame(payload))
+        assert recv_exact(c, 4 + len(payload)) == frame(payload)
+    assert seen[-5:] == [(True, 16384)] * 5, seen  # grown to 4x buffer_size, no further
+    server_conn = conns[-1]
+    # The poller's once-a-second sweep takes the block back from the quiet connection.
+    assert wait_until(lambda: server_conn._recv_cls == 4096, timeout=5), server_conn._recv_cls
+    c.sendall(frame(b"small"))
+    assert recv_exact(c, 9) == frame(b"small")
+    assert seen[-1] == (True, 4096)
+
+
 @pytest.mark.timeout(40)
 def test_32mib_frame_echoed_intact(serve: ServeFactory) -> None:
     srv = serve(frame_echo_handler)

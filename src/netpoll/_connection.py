@@ -818,17 +818,27 @@ class Connection:
 
     def peek(self, n: int) -> memoryview:
         """Like ``next`` without advancing."""
-        _check_size(n)
-        with self._lock:
-            self._ensure_locked(n)
+        lock = self._lock
+        lock.acquire()
+        try:
+            if type(n) is not int or n > self._in._rlen or self._state:
+                _check_size(n)  # the bytes are not all here yet, or something is wrong
+                self._ensure_locked(n)
             return self._in.peek(n)
+        finally:
+            lock.release()
 
     def skip(self, n: int) -> None:
         """Advance ``n`` bytes, waiting for them if needed."""
-        _check_size(n)
-        with self._lock:
-            self._ensure_locked(n)
+        lock = self._lock
+        lock.acquire()
+        try:
+            if type(n) is not int or n > self._in._rlen or self._state:
+                _check_size(n)
+                self._ensure_locked(n)
             self._in.skip(n)
+        finally:
+            lock.release()
 
     def until(self, delim: int | bytes) -> memoryview:
         """Data up to and including ``delim``; on a peer close first, ``PeerClosedError.partial``
@@ -877,34 +887,7 @@ class Connection:
         try:
             if self._state and not self._readable_after_close():
                 raise ConnectionClosedError("connection is closed")
-            inb = self._in
-            views = inb._views
-            nodes = inb._nodes
-            if (
-                views
-                and len(views) == 1
-                and not inb._rlen
-                and inb._side is None
-                and len(nodes) == 1
-                and nodes[0].cap == inb._keep
-            ):
-                # The common case, LinkBuffer.release inlined: one view out, everything
-                # read, and the kept receive block to reset for the next request.
-                v = views.pop()
-                try:
-                    v.release()
-                except BufferError:
-                    views.append(v)  # exported further: release() keeps its memory out
-                    inb.release()
-                else:
-                    node = nodes[0]
-                    if node.pooled:
-                        node.r = node.w = 0
-                        inb._hi = 0
-                    else:
-                        inb.release()
-            else:
-                inb.release()
+            self._in.release()
             if self._paused:
                 self._maybe_resume_locked()
         finally:

@@ -474,26 +474,19 @@ class LinkBuffer:
         """Free everything read so far; views handed out before become unusable."""
         views = self._views
         if views:
-            tainted = False
-            for v in views:
-                try:
+            try:
+                for v in views:
                     v.release()
-                except BufferError:
-                    # Someone holds an export of this view (memoryview(v), a numpy array):
-                    # it cannot be revoked, so its memory must never be reused.
-                    tainted = True
-            views.clear()
-            if tainted:
-                self._release_tainted()
+            except BufferError:
+                self._release_exported()
                 return
+            views.clear()
         side = self._side
         if side is not None:
             self._side = None
             for node in side:
                 _recycle(node)
         nodes = self._nodes
-        if not nodes:
-            return
         if not self._rlen and not self._wlen:
             if len(nodes) == 1:
                 node = nodes[0]
@@ -518,6 +511,22 @@ class LinkBuffer:
                 _recycle(node)
             del nodes[:hi]
             self._hi = 0
+
+    def _release_exported(self) -> None:
+        """``release()`` when a view is exported further (``memoryview(v)``, numpy).
+
+        Such a view cannot be revoked, so the memory behind the consumed data must never
+        be reused: it leaves the pool and is freed once the last export is gone.
+        """
+        views = self._views
+        assert views is not None
+        for v in views:
+            try:
+                v.release()
+            except BufferError:
+                pass
+        views.clear()
+        self._release_tainted()
 
     def _release_tainted(self) -> None:
         """``release()`` when a view could not be revoked: drop consumed memory unpooled."""
