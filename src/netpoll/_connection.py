@@ -245,19 +245,21 @@ class Connection:
             if nodes:
                 tail = nodes[-1]
                 w = tail.w
-                free = tail.cap - w
-                # A short free tail still takes the rest of a frame a reader waits for (so
-                # the frame stays in one node), but never an empty one: recv_into would
-                # return 0, which reads as the end of the stream.
-                if free >= _MIN_RECV_FREE or (
-                    free and self._need > inb._rlen and free >= self._need - inb._rlen
-                ):
-                    # Receive nodes span their whole block (cap == len(mv)).
-                    target = tail.mv[w : tail.cap] if w else tail.mv
+                if not w:
+                    target = tail.mv  # the usual case: the kept block, drained and reset
                 else:
-                    tail = self._fresh_tail(nodes)
-                    w = 0
-                    target = tail.mv
+                    free = tail.cap - w
+                    # A short free tail still takes the rest of a frame a reader waits for
+                    # (so the frame stays in one node), but never an empty one: recv_into
+                    # would return 0, which reads as the end of the stream.
+                    if free >= _MIN_RECV_FREE or (
+                        free and self._need > inb._rlen and free >= self._need - inb._rlen
+                    ):
+                        target = tail.mv[w : tail.cap]  # nodes span their whole block
+                    else:
+                        tail = self._fresh_tail(nodes)
+                        w = 0
+                        target = tail.mv
             else:
                 tail = self._fresh_tail(nodes)
                 w = 0
@@ -417,21 +419,18 @@ class Connection:
     def _process(self, on_pool: bool = False) -> None:
         """The request task: call on_request while unread input remains and it progresses."""
         inb = self._in
-        lock = self._lock
-        ctx = self._ctx
-        poller = self._poller
         while True:
             before = inb._rlen
             received = self._bytes_in
             handler = self._on_request
             # Runs are timed on the slow pool, and inline only after a slow batch of the
             # poller: timing every run would cost two clock reads per request.
-            timed = on_pool or poller.timing
+            timed = on_pool or self._poller.timing
             if timed:
                 t0 = monotonic()
             try:
                 if handler is not None:
-                    handler(ctx, self)
+                    handler(self._ctx, self)
             except BaseException as exc:  # SystemExit too: a handler never kills a poller
                 self._handler_failed(exc)
                 return
@@ -440,11 +439,12 @@ class Connection:
             # so the poller is not lent to it again. A quick run brings it back inline.
             # A leader that handed off (a visible wait) is not slow; one that kept the
             # poller, or a pool thread, is.
-            slow = timed and (
-                monotonic() - t0 > _SLOW_HANDLER and (on_pool or current_poller() is not None)
-            )
+            slow = False
             if timed:
-                self._slow = slow
+                slow = self._slow = monotonic() - t0 > _SLOW_HANDLER and (
+                    on_pool or current_poller() is not None
+                )
+            lock = self._lock
             lock.acquire()
             try:
                 left = inb._rlen
@@ -458,17 +458,18 @@ class Connection:
                 elif not self._state and left and self._on_request is not None:
                     continue  # the handler was replaced: give the new one a turn
                 self._processing = False
-                eof = self._eof
                 if self._paused:
                     self._maybe_resume_locked()
                 closed = self._state
+                eof = self._eof
             finally:
                 lock.release()
             break
-        if closed:
-            self._drop_buffers()
-        elif eof:
-            self._close(CLOSE_PEER)
+        if closed or eof:
+            if closed:
+                self._drop_buffers()
+            else:
+                self._close(CLOSE_PEER)
         elif self._hooks is not None and self._hooks.draining:
             self._hooks.on_idle(self)
 
