@@ -11,8 +11,11 @@ delivers it, 8 KiB per receive, and each pays the one copy its receive call make
   ``buf += chunk``, slice out the payload, ``del buf[:4 + n]`` (what
   ``asyncio.StreamReader`` does with what ``data_received`` got).
 
-``--free-input`` hands the bytearray parser ready-made chunk objects instead, so its
-receive copy is not counted (the comparison of the first version of this benchmark).
+The "input free" column hands the bytearray parser ready-made chunk objects instead, so
+its receive copy is not counted (the comparison of the first version of this benchmark).
+The "floor" column runs the LinkBuffer's parse loop over a reader that does nothing but
+slice one preloaded block: what two ``next`` calls and two ``len`` calls per frame cost in
+this interpreter before any buffer work.
 Each parser touches the payload once (its last byte) so neither can skip the work.
 Reported: ns per frame (median of the repeats), the ratio, and peak traced memory.
 """
@@ -111,6 +114,46 @@ def parse_bytearray_free_input(chunks: list[bytes]) -> int:
     return frames + (check & 0)
 
 
+class _Floor:
+    """The least any Python-level reader can do per ``next``: slice one block, no checks,
+    no view tracking, no receiving (the whole stream is there from the start)."""
+
+    __slots__ = ("_end", "_mv", "_pos")
+
+    def __init__(self, stream: bytes) -> None:
+        self._mv = memoryview(stream)
+        self._pos = 0
+        self._end = len(stream)
+
+    def __len__(self) -> int:
+        return self._end - self._pos
+
+    def next(self, n: int) -> memoryview:
+        pos = self._pos
+        self._pos = pos + n
+        return self._mv[pos : pos + n]
+
+
+def parse_floor(stream: bytes) -> int:
+    """The same parse loop as ``parse_linkbuffer`` over ``_Floor``: the API's cost floor."""
+    buf = _Floor(stream)
+    frames = 0
+    check = 0
+    need = 0
+    while True:
+        if not need:
+            if len(buf) < 4:
+                break
+            need = int.from_bytes(buf.next(4), "big")
+        if len(buf) < need:
+            break
+        payload = buf.next(need)
+        check ^= payload[need - 1]
+        need = 0
+        frames += 1
+    return frames + (check & 0)
+
+
 def chunked(stream: bytes) -> list[bytes]:
     """The stream cut into the 8 KiB pieces that ``recv`` would return."""
     return [stream[i : i + CHUNK] for i in range(0, len(stream), CHUNK)]
@@ -146,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     print("ns per frame, median of the runs; ratio = LinkBuffer time / bytearray time")
     header = (
         f"{'payload':>8}  {'frames':>7}  {'LinkBuffer':>10}  {'bytearray':>9}  {'ratio':>6}  "
-        f"{'bytearray, input free':>21}  {'ratio':>6}  {'peak mem LB / BA':>16}"
+        f"{'bytearray, input free':>21}  {'ratio':>6}  {'floor':>6}  {'ratio':>6}  "
+        f"{'peak mem LB / BA':>16}"
     )
     print(header)
     print("-" * len(header))
@@ -157,17 +201,20 @@ def main(argv: list[str] | None = None) -> int:
         lb: list[float] = []
         ba: list[float] = []
         free: list[float] = []
+        floor: list[float] = []
         for _ in range(args.repeat):  # interleaved so drift hits all alike
             lb.append(time_parser(parse_linkbuffer, stream, frames))
             ba.append(time_parser(parse_bytearray, stream, frames))
             free.append(time_parser(parse_bytearray_free_input, chunks, frames))
-        lb_ns, ba_ns, free_ns = (statistics.median(x) for x in (lb, ba, free))
+            floor.append(time_parser(parse_floor, stream, frames))
+        lb_ns, ba_ns, free_ns, floor_ns = (statistics.median(x) for x in (lb, ba, free, floor))
         small = make_stream(size, min(frames, 2000))
         mem_lb = peak_memory(parse_linkbuffer, small)
         mem_ba = peak_memory(parse_bytearray, small)
         print(
             f"{size:>8}  {frames:>7}  {lb_ns:>10.0f}  {ba_ns:>9.0f}  {lb_ns / ba_ns:>5.2f}x  "
             f"{free_ns:>21.0f}  {lb_ns / free_ns:>5.2f}x  "
+            f"{floor_ns:>6.0f}  {floor_ns / ba_ns:>5.2f}x  "
             f"{mem_lb >> 10:>6} / {mem_ba >> 10:>4} KiB"
         )
     return 0
