@@ -6,7 +6,10 @@ Both parsers read the same byte stream (4-byte big-endian length + payload) as a
 delivers it, 8 KiB per receive, and each pays the one copy its receive call makes:
 
 - LinkBuffer: ``recv_into`` free node space (``recv_target``/``commit_recv``, what a
-  connection does), then ``next(4)`` + ``next(n)`` + ``release()``.
+  connection does), then ``next(4)`` + ``next(n)`` for every complete frame and
+  ``release()`` once per receive. A payload is read once ``len()`` shows all of it; a
+  header cut by the end of the data makes ``next(4)`` raise ``InsufficientDataError``,
+  which ends the round (what a plain LinkBuffer does when the bytes are not there).
 - bytearray: ``recv`` returns a fresh ``bytes`` (a slice of the stream here), then
   ``buf += chunk``, slice out the payload, ``del buf[:4 + n]`` (what
   ``asyncio.StreamReader`` does with what ``data_received`` got).
@@ -14,8 +17,8 @@ delivers it, 8 KiB per receive, and each pays the one copy its receive call make
 The "input free" column hands the bytearray parser ready-made chunk objects instead, so
 its receive copy is not counted (the comparison of the first version of this benchmark).
 The "floor" column runs the LinkBuffer's parse loop over a reader that does nothing but
-slice one preloaded block: what two ``next`` calls and two ``len`` calls per frame cost in
-this interpreter before any buffer work.
+check the length and slice one preloaded block: what two ``next`` calls and a ``len``
+per frame cost in this interpreter before any buffer work.
 Each parser touches the payload once (its last byte) so neither can skip the work.
 Reported: ns per frame (median of the repeats), the ratio, and peak traced memory.
 """
@@ -31,7 +34,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from netpoll import LinkBuffer
+from netpoll import InsufficientDataError, LinkBuffer
 
 CHUNK = 8192
 SIZES = (100, 4096, 65536)
@@ -61,20 +64,21 @@ def parse_linkbuffer(stream: bytes) -> int:
             target[:k] = src[pos : pos + k]
             buf.commit_recv(k)
             pos += k
-        if len(buf) < need:
-            continue
-        while True:
-            if not need:
-                if len(buf) < 4:
-                    break
-                need = int.from_bytes(buf.next(4), "big")
+        # Parse every complete frame. A header cut by the end of the data is rare: let
+        # next(4) raise then, as a plain LinkBuffer does when the bytes are not there.
+        try:
+            while True:
+                if not need:
+                    need = int.from_bytes(buf.next(4), "big")
                 if len(buf) < need:
                     buf.reserve(need)  # what a connection does when next(n) must wait
                     break
-            payload = buf.next(need)
-            check ^= payload[need - 1]
-            need = 0
-            frames += 1
+                payload = buf.next(need)
+                check ^= payload[need - 1]
+                need = 0
+                frames += 1
+        except InsufficientDataError:
+            pass
         buf.release()
     return frames + (check & 0)
 
@@ -115,8 +119,8 @@ def parse_bytearray_free_input(chunks: list[bytes]) -> int:
 
 
 class _Floor:
-    """The least any Python-level reader can do per ``next``: slice one block, no checks,
-    no view tracking, no receiving (the whole stream is there from the start)."""
+    """The least any Python-level reader can do per ``next``: check the length and slice
+    one block; no view tracking, no receiving (the whole stream is there from the start)."""
 
     __slots__ = ("_end", "_mv", "_pos")
 
@@ -130,27 +134,31 @@ class _Floor:
 
     def next(self, n: int) -> memoryview:
         pos = self._pos
-        self._pos = pos + n
-        return self._mv[pos : pos + n]
+        end = pos + n
+        if end > self._end:
+            raise InsufficientDataError("short")
+        self._pos = end
+        return self._mv[pos:end]
 
 
 def parse_floor(stream: bytes) -> int:
-    """The same parse loop as ``parse_linkbuffer`` over ``_Floor``: the API's cost floor."""
+    """The parse loop of ``parse_linkbuffer`` over ``_Floor``: the API's cost floor."""
     buf = _Floor(stream)
     frames = 0
     check = 0
     need = 0
-    while True:
-        if not need:
-            if len(buf) < 4:
+    try:
+        while True:
+            if not need:
+                need = int.from_bytes(buf.next(4), "big")
+            if len(buf) < need:
                 break
-            need = int.from_bytes(buf.next(4), "big")
-        if len(buf) < need:
-            break
-        payload = buf.next(need)
-        check ^= payload[need - 1]
-        need = 0
-        frames += 1
+            payload = buf.next(need)
+            check ^= payload[need - 1]
+            need = 0
+            frames += 1
+    except InsufficientDataError:
+        pass
     return frames + (check & 0)
 
 
