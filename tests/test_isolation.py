@@ -152,3 +152,48 @@ def test_blocked_client_handler_does_not_stall_other_dialed_connections(
     )
     blocked.close()
     assert blocker.finished.wait(IO_TIMEOUT)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("block", "gap"), [(1.3, 0.05), (0.004, 1.2)])
+def test_invisibly_blocking_handler_moves_off_the_poller(
+    serve: ServeFactory, block: float, gap: float
+) -> None:
+    """A handler that blocks where the library cannot see (time.sleep) runs its later
+    requests on the slow pool, not on a poller thread: a long block is caught by the
+    monitor, a short one by the timing of the batch it slowed down, however far apart
+    the requests come."""
+    netpoll.configure(poller_num=1)
+    threads: list[str] = []
+
+    def handler(ctx: Any, conn: netpoll.Connection) -> None:
+        data = conn.next(len(conn)).tobytes()
+        if data == b"slow":
+            threads.append(threading.current_thread().name)
+            time.sleep(block)  # invisible blocking
+        conn.write_binary(data)
+        conn.flush()
+        conn.release()
+
+    srv = serve(handler)
+    stop = threading.Event()
+
+    def pinger() -> None:  # other traffic keeps the poller busy all along
+        p = srv.connect()
+        while not stop.wait(0.005):
+            p.sendall(b"ping")
+            assert recv_exact(p, 4) == b"ping"
+        p.close()
+
+    ping = threading.Thread(target=pinger, daemon=True)
+    ping.start()
+    c = srv.connect()
+    try:
+        for _ in range(4):
+            c.sendall(b"slow")
+            assert recv_exact(c, 4) == b"slow"
+            stop.wait(gap)  # never set here: it spaces the requests out
+    finally:
+        stop.set()
+        ping.join(IO_TIMEOUT)
+    assert all(name.startswith("netpoll-slow") for name in threads[2:]), threads

@@ -136,6 +136,7 @@ class Connection:
         "_slow",
         "_sock",
         "_state",
+        "_suspect",
         "_wb",
         "_wpend",
         "_wpend_len",
@@ -179,6 +180,7 @@ class Connection:
         self._eof_handled = False
         self._processing = False
         self._slow = False  # last handler run blocked invisibly: run tasks off the poller
+        self._suspect = False  # took part in a slow batch: time the next handler run
         self._need = 0  # bytes a blocked reader waits for
         self._paused = False  # reading stopped by the read buffer limit
         self._on_request = on_request
@@ -300,10 +302,24 @@ class Connection:
             else:
                 self._process(False)  # inline on the poller thread: the fast, common case
 
+    def _suspect_slow(self) -> None:
+        """The poller saw a slow batch with this connection in it: time its next run.
+
+        Set from the leader without the lock: a lost update costs one untimed run more.
+        """
+        self._suspect = True
+
+    def _mark_slow(self) -> None:
+        """The monitor replaced a leader stuck in this connection's handler."""
+        self._slow = True
+
     def _grow_recv(self) -> None:
         """A receive filled its block: the next fresh block is twice as large."""
         self._recv_cls <<= 1
         self._in.keep_drained_block(self._recv_cls)
+        if not self._hot:  # the poller's sweep brings the size back down when quiet
+            self._hot = True
+            self._poller.note_hot(self)
 
     def _fresh_tail(self, nodes: list[_Node]) -> _Node:
         """Append a fresh pooled receive node; the poller's sweep will reclaim it when quiet."""
@@ -424,8 +440,9 @@ class Connection:
             received = self._bytes_in
             handler = self._on_request
             # Runs are timed on the slow pool, and inline only after a slow batch of the
-            # poller: timing every run would cost two clock reads per request.
-            timed = on_pool or self._poller.timing
+            # poller (this connection's, or any in the last second): timing every run
+            # would cost two clock reads per request.
+            timed = on_pool or self._suspect or self._poller.timing
             if timed:
                 t0 = monotonic()
             try:
@@ -444,6 +461,8 @@ class Connection:
                 slow = self._slow = monotonic() - t0 > _SLOW_HANDLER and (
                     on_pool or current_poller() is not None
                 )
+                if not slow:
+                    self._suspect = False
             lock = self._lock
             lock.acquire()
             try:
@@ -747,7 +766,7 @@ class Connection:
             else:
                 left = None
             self._need = n
-            if n <= self._recv_cls << 1:
+            if n <= self._recv_base << 1:
                 # A large frame then arrives contiguous and next(n) copies nothing. Bounded:
                 # a length a peer merely claims must not pin memory it never sends.
                 inb.reserve(n)

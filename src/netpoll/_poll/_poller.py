@@ -31,8 +31,9 @@ MAX_IDLE_FOLLOWERS: Final = 8
 FOLLOWER_IDLE_EXIT: Final = 30.0  # an idle follower beyond the first exits after this
 
 SWEEP_INTERVAL: Final = 1.0  # seconds between looks for quiet connections' spare blocks
-# A batch of events that kept the leader this long makes the handler runs of the next
-# TIMING_SPAN seconds timed, to find the connection that blocks where nobody can see.
+# A batch of events that kept the leader this long makes the owners of its events
+# suspects, whose next handler runs are timed, and has every handler run timed for
+# TIMING_SPAN seconds: that finds the handlers that block where the library cannot see.
 SLOW_BATCH: Final = 0.001
 TIMING_SPAN: Final = 1.0
 
@@ -45,6 +46,13 @@ class _Sheddable(Protocol):
 
 def _noop() -> None:
     pass
+
+
+def _call_owner(handler: object, name: str) -> None:
+    """Call ``name()`` on the object a bound-method handler belongs to, if it has one."""
+    fn = getattr(getattr(handler, "__self__", None), name, None)
+    if fn is not None:
+        fn()
 
 
 def current_poller() -> Poller | None:
@@ -100,6 +108,8 @@ class Poller:
         self._timers: list[tuple[float, int, Timer]] = []
         self._tseq = itertools.count()
         self.now = time.monotonic()  # coarse clock, refreshed after every wait
+        # The event handler being run, for the monitor to blame when the leader is stuck.
+        self._running: Callable[[int], None] | None = None
         # True for a while after a slow batch: connections then time their handler runs.
         self.timing = False
         self._timing_until = 0.0
@@ -251,10 +261,9 @@ class Poller:
             tick = self._tick
             if self._busy and tick == seen_tick and self._leader_ident and not self._closed:
                 _log.debug("netpoll: poller %d leader blocked in a handler; promoting", self.index)
-                # Unlocked writes race with the leader's own; losing one only delays the
-                # timing by a batch, which the next slow batch turns on again.
-                self._timing_until = time.monotonic() + TIMING_SPAN
-                self.timing = True
+                # The stuck run was not timed: tell its owner it is slow, so its next
+                # tasks go to the slow pool instead of taking a leader again.
+                _call_owner(self._running, "_mark_slow")
                 self._promote_locked()
         return tick
 
@@ -311,18 +320,16 @@ class Poller:
                 for fd, ev in events:
                     handler = handlers.get(fd)
                     if handler is not None:
+                        self._running = handler
                         try:
                             handler(ev)
                         except BaseException:  # user code must not end the poller thread
                             _log.exception("netpoll: event handler for fd %d failed", fd)
-                        if self._epoch != epoch:
+                        if self._epoch != epoch:  # replaced while in the handler
+                            self._check_batch(events, start)
                             return
-                end = monotonic()
-                # One clock read per batch instead of two per handler run: only after a
-                # slow batch are handler runs timed, for a while, to find the culprit.
-                if end - start > SLOW_BATCH:
-                    self._timing_until = end + TIMING_SPAN
-                self.timing = end < self._timing_until
+                self._running = None
+                end = self._check_batch(events, start)
                 if self._timers and self._timers[0][0] <= end:
                     self._run_timers()
                     if self._epoch != epoch:
@@ -331,6 +338,18 @@ class Poller:
             if getattr(_tls, "leading", None) is self:
                 _tls.leading = None
             self._busy = False
+
+    def _check_batch(self, events: list[tuple[int, int]], start: float) -> float:
+        """One clock read per batch instead of two per handler run; after a slow batch,
+        handler runs are timed (see SLOW_BATCH). Returns the time now."""
+        end = time.monotonic()
+        if end - start > SLOW_BATCH:
+            self._timing_until = end + TIMING_SPAN
+            handlers = self._handlers
+            for fd, _ev in events:
+                _call_owner(handlers.get(fd), "_suspect_slow")
+        self.timing = end < self._timing_until
+        return end
 
     def close(self) -> None:
         """Stop the poller threads and close the backend (connections must be gone)."""
