@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import random
 import re
@@ -503,6 +504,45 @@ def test_views_dead_after_release(op: str) -> None:
     with pytest.raises(ValueError):
         bytes(view)
     assert before == data[: len(before)]
+
+
+DERIVE = {
+    "slice": lambda v: v[1:-1],
+    "memoryview": memoryview,
+    "cast": lambda v: v.cast("c"),
+    "ctypes": lambda v: (ctypes.c_char * len(v)).from_buffer(v),
+}
+
+
+@pytest.mark.parametrize("how", sorted(DERIVE))
+@pytest.mark.parametrize("op", sorted(READ_VIEW_CALLS))
+def test_views_derived_from_a_released_view_never_show_reused_memory(op: str, how: str) -> None:
+    """release() revokes the views it handed out; one a reader derived from them (a slice,
+    memoryview(v), a ctypes array) cannot be revoked, so its memory must not be reused
+    while it lives."""
+    data, call = READ_VIEW_CALLS[op]
+    lb = _filled(data, size=16, chunk=16)
+    view = call(lb)
+    derived = DERIVE[how](view)
+    expected = bytes(derived)
+    lb.skip(len(lb))  # drained: every block of the buffer is up for reuse
+    lb.release()
+    for _ in range(50):  # other buffers take the pooled blocks and overwrite them
+        other = netpoll.LinkBuffer(16)
+        other.write_binary(b"\xee" * 300)
+        other.flush()
+        other.next(len(other))
+        other.release()
+        lb.write_binary(b"\xdd" * 300)
+        lb.flush()
+        lb.skip(len(lb))
+        lb.release()
+    assert bytes(derived) == expected
+    del derived  # once it is gone the blocks may be pooled again; nothing breaks
+    gc.collect()
+    lb.write_binary(b"x" * 10)
+    lb.flush()
+    assert bytes(lb.next(10)) == b"x" * 10
 
 
 def test_views_dead_after_slice_releases_consumed() -> None:

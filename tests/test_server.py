@@ -155,6 +155,33 @@ def test_receive_blocks_grow_until_a_frame_lands_in_one(serve: ServeFactory) -> 
     assert seen[-1] == (True, 4096)
 
 
+@pytest.mark.timeout(20)
+def test_views_derived_in_a_handler_survive_release_and_later_traffic(
+    serve: ServeFactory,
+) -> None:
+    """A handler keeps slices of the views it read past release(): the receive block they
+    point into must not be reset and refilled by the next requests."""
+    kept: list[tuple[memoryview, bytes]] = []
+
+    def handler(ctx: Any, conn: netpoll.Connection) -> None:
+        body = conn.next(len(conn))
+        part = body[: min(len(body), 16)]  # derived from the handed-out view
+        kept.append((part, bytes(part)))
+        conn.write_binary(body)
+        conn.flush()
+        conn.release()
+
+    srv = serve(handler)
+    c = srv.connect()
+    for i in range(200):
+        msg = b"%04d" % i * 8
+        c.sendall(msg)
+        assert recv_exact(c, len(msg)) == msg
+    assert len(kept) >= 200 // 2
+    changed = [(bytes(v), want) for v, want in kept if bytes(v) != want]
+    assert not changed, changed[:3]
+
+
 @pytest.mark.timeout(40)
 def test_32mib_frame_echoed_intact(serve: ServeFactory) -> None:
     srv = serve(frame_echo_handler)

@@ -26,7 +26,14 @@ from ._errors import (
     WriteTimeoutError,
     closed_error,
 )
-from ._linkbuffer import POOL, LinkBuffer, _check_size, _Node, _size_class, trim_line
+from ._linkbuffer import (
+    POOL,
+    LinkBuffer,
+    _check_size,
+    _Node,
+    _size_class,
+    trim_line,
+)
 from ._nocopy import Reader, Writer, until_filling, writer_buffer
 from ._poll._operator import FDOperator, PollEvent
 from ._poll._poller import Poller, Timer, before_block, current_poller
@@ -822,7 +829,10 @@ class Connection:
                 if e <= node.w:  # the common case, LinkBuffer.next inlined
                     node.r = e
                     inb._rlen -= n
-                    v = node.mv[r:e]
+                    ev = node.ev
+                    if ev is None:  # _hand_out inlined: input nodes always own a block
+                        ev = node.ev = memoryview(node.buf)  # type: ignore[arg-type]
+                    v = ev[r:e]
                     views = inb._views
                     if views is None:
                         inb._views = [v]

@@ -11,6 +11,7 @@ flushed yet. Flushing only moves the boundary, so it copies nothing.
 
 from __future__ import annotations
 
+import sys
 from typing import Final
 
 from ._errors import InsufficientDataError
@@ -39,13 +40,18 @@ def _size_class(n: int) -> int:
 class _Node:
     """One contiguous piece of the chain: a pooled block, or a borrowed read-only view."""
 
-    __slots__ = ("buf", "cap", "mv", "pooled", "r", "w")
+    __slots__ = ("buf", "cap", "ev", "mv", "pooled", "r", "w")
 
     def __init__(
         self, buf: bytearray | None, mv: memoryview, r: int, w: int, cap: int, pooled: bool
     ) -> None:
         self.buf = buf  # owned block, or None for a borrowed view
         self.mv = mv
+        # The view that reads hand out slices of, made per use of a pooled block. Views a
+        # reader derives from those (v[a:b], memoryview(v), ctypes) keep its memory
+        # manager alive, and with it a reference to the block: that is how recycling
+        # tells that someone still looks at the block (see _recycle).
+        self.ev: memoryview | None = None
         self.r = r
         self.w = w
         self.cap = cap  # writes may go up to here; equals w for borrowed or shared memory
@@ -110,10 +116,50 @@ def _new_node(size: int) -> _Node:
     return POOL.take(_size_class(size))
 
 
+# References to a pooled block when nobody outside holds a view of it: the node's ``buf``,
+# the memory manager behind the node's ``mv``, and getrefcount's own argument.
+_FREE_REFS: Final = 3
+
+
+_getrefcount: Final = sys.getrefcount
+
+
+def _unwatched(node: _Node) -> bool:
+    """Retire the node's hand-out view; True if no view derived from it is still alive.
+
+    The views a buffer hands out are revoked by ``release()``, but views derived from
+    them are not: they share the hand-out view's memory manager, which holds a reference
+    to the block. So once the hand-out view is released, any reference to the block
+    beyond the node's own means a derived view is still alive, and the block must not be
+    reused while it is.
+    """
+    ev = node.ev
+    if ev is None:
+        return True
+    node.ev = None
+    try:
+        ev.release()
+    except BufferError:  # exported further by the library itself: never reuse
+        return False
+    return _getrefcount(node.buf) <= _FREE_REFS
+
+
+def _hand_out(node: _Node) -> memoryview:
+    """The view to slice reads of ``node`` from (see ``_Node.ev``)."""
+    ev = node.ev
+    if ev is None:
+        buf = node.buf
+        if buf is None or not node.pooled:
+            return node.mv  # borrowed or shared memory is never reused
+        ev = node.ev = memoryview(buf)
+    return ev
+
+
 def _recycle(node: _Node) -> None:
     if node.pooled and node.buf is not None:
         node.pooled = False  # guard against a second recycle of the same node
-        POOL.put(node)
+        if node.ev is None or _unwatched(node):
+            POOL.put(node)
 
 
 def _check_size(n: object, name: str = "n") -> int:
@@ -230,7 +276,10 @@ class LinkBuffer:
             if e <= node.w:
                 node.r = e
                 self._rlen -= n
-                v = node.mv[r:e]
+                ev = node.ev
+                if ev is None:
+                    ev = _hand_out(node)
+                v = ev[r:e]
                 views = self._views
                 if views is None:
                     self._views = [v]
@@ -256,7 +305,7 @@ class LinkBuffer:
         if node.w - r >= n:
             node.r = r + n
             self._rlen -= n
-            v = node.mv[r : r + n]
+            v = _hand_out(node)[r : r + n]
         else:
             v = self._assemble(n, advance=True)
         self._track(v)
@@ -277,7 +326,7 @@ class LinkBuffer:
             node = self._nodes[hi]
         self._hi = hi
         r = node.r
-        v = node.mv[r : r + n] if node.w - r >= n else self._assemble(n, advance=False)
+        v = _hand_out(node)[r : r + n] if node.w - r >= n else self._assemble(n, advance=False)
         self._track(v)
         return v
 
@@ -294,7 +343,7 @@ class LinkBuffer:
             self._side = [node]
         else:
             side.append(node)
-        return node.mv[:n]
+        return _hand_out(node)[:n]
 
     def _gather(self, n: int, advance: bool) -> bytearray:
         """Copy ``n`` readable bytes spanning several nodes into one new bytearray."""
@@ -493,9 +542,16 @@ class LinkBuffer:
                 if node.cap == self._keep and node.pooled:
                     # Keep the drained block for the next receive: saves a pool round
                     # trip per request. The owner hands it back when it goes idle.
-                    node.r = node.w = 0
-                    self._hi = 0
-                    return
+                    # (_unwatched inlined: this runs once per request.)
+                    ev = node.ev
+                    if ev is not None:
+                        node.ev = None
+                        ev.release()
+                    if ev is None or _getrefcount(node.buf) <= _FREE_REFS:
+                        node.r = node.w = 0
+                        self._hi = 0
+                        return
+                    node.pooled = False  # a derived view still looks at it: let it go
             for node in nodes:
                 _recycle(node)
             nodes.clear()
@@ -513,7 +569,8 @@ class LinkBuffer:
             self._hi = 0
 
     def _release_exported(self) -> None:
-        """``release()`` when a view is exported further (``memoryview(v)``, numpy).
+        """``release()`` when a view is exported further (numpy, ``bytes``-like consumers
+        holding a buffer; ``memoryview(v)`` and slices are not exports, see _unwatched).
 
         Such a view cannot be revoked, so the memory behind the consumed data must never
         be reused: it leaves the pool and is freed once the last export is gone.
@@ -784,16 +841,20 @@ class LinkBuffer:
 
     def get_bytes(self) -> list[memoryview]:
         """Readable data as a list of views (for ``sendmsg``), valid until ``release()``."""
-        views = self._readable_views(limit=0)
+        views = self._readable_views(limit=0, hand_out=True)
         for v in views:
             self._track(v)
         return views
 
-    def _readable_views(self, limit: int = 1024) -> list[memoryview]:
-        """Views of the readable data; at most ``limit`` of them (IOV_MAX), 0 for all."""
+    def _readable_views(self, limit: int = 1024, hand_out: bool = False) -> list[memoryview]:
+        """Views of the readable data; at most ``limit`` of them (IOV_MAX), 0 for all.
+
+        ``hand_out``: the views go to a reader (and are tracked), not to the kernel.
+        """
         if self._rlen and len(self._nodes) == 1:
             node = self._nodes[0]
-            return [node.mv[node.r : node.r + self._rlen]]
+            mv = _hand_out(node) if hand_out else node.mv
+            return [mv[node.r : node.r + self._rlen]]
         out: list[memoryview] = []
         left = self._rlen
         nodes = self._nodes
@@ -802,7 +863,8 @@ class LinkBuffer:
             node = nodes[i]
             k = min(node.w - node.r, left)
             if k:
-                out.append(node.mv[node.r : node.r + k])
+                mv = _hand_out(node) if hand_out else node.mv
+                out.append(mv[node.r : node.r + k])
                 left -= k
             i += 1
         return out
