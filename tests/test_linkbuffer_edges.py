@@ -923,46 +923,33 @@ def _traced_after(fn) -> int:
 
 
 @pytest.mark.timeout(120)
-def test_fill_and_drain_memory_is_steady() -> None:
+@pytest.mark.parametrize(
+    ("payload", "reads", "warm_cycles", "cycles"),
+    [
+        (b"\x5a" * 1024, (1024,), 20_000, 200_000),
+        # Reads that straddle nodes (assembled copies) must be freed by release() too.
+        (b"\xa5" * 1000, (700, 300), 10_000, 50_000),
+    ],
+    ids=["aligned", "unaligned"],
+)
+def test_fill_and_drain_memory_is_steady(
+    payload: bytes, reads: tuple[int, ...], warm_cycles: int, cycles: int
+) -> None:
     lb = netpoll.LinkBuffer()
-    payload = b"\x5a" * 1024
 
-    def cycles(count: int) -> None:
+    def run(count: int) -> None:
         for _ in range(count):
             lb.write_binary(payload)
             lb.flush()
-            lb.next(1024)
+            for n in reads:
+                lb.next(n)
             lb.release()
 
     tracemalloc.start()
     try:
-        warm = _traced_after(lambda: cycles(20_000))
-        after = _traced_after(lambda: cycles(200_000))
+        warm = _traced_after(lambda: run(warm_cycles))
+        after = _traced_after(lambda: run(cycles))
     finally:
         tracemalloc.stop()
     assert lb.is_empty()
-    assert after - warm < 64 * 1024, f"memory grew by {after - warm} bytes over 200k cycles"
-
-
-@pytest.mark.timeout(120)
-def test_unaligned_fill_and_drain_memory_is_steady() -> None:
-    """Reads that straddle nodes (assembled copies) must be freed by release() too."""
-    lb = netpoll.LinkBuffer()
-    payload = b"\xa5" * 1000
-
-    def cycles(count: int) -> None:
-        for _ in range(count):
-            lb.write_binary(payload)
-            lb.flush()
-            lb.next(700)
-            lb.next(300)
-            lb.release()
-
-    tracemalloc.start()
-    try:
-        warm = _traced_after(lambda: cycles(10_000))
-        after = _traced_after(lambda: cycles(50_000))
-    finally:
-        tracemalloc.stop()
-    assert lb.is_empty()
-    assert after - warm < 64 * 1024, f"memory grew by {after - warm} bytes over 50k cycles"
+    assert after - warm < 64 * 1024, f"memory grew by {after - warm} bytes over {cycles} cycles"

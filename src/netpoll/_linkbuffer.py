@@ -121,27 +121,21 @@ def _new_node(size: int) -> _Node:
 _FREE_REFS: Final = 3
 
 
-_getrefcount: Final = sys.getrefcount
-
-
 def _unwatched(node: _Node) -> bool:
-    """Retire the node's hand-out view; True if no view derived from it is still alive.
+    """Retire the node's hand-out view; True if nothing outside still looks at the block.
 
-    The views a buffer hands out are revoked by ``release()``, but views derived from
-    them are not: they share the hand-out view's memory manager, which holds a reference
-    to the block. So once the hand-out view is released, any reference to the block
-    beyond the node's own means a derived view is still alive, and the block must not be
-    reused while it is.
+    ``release()`` revokes the views a buffer handed out, but not views derived from them
+    (``v[a:b]``, ``memoryview(v)``) nor those exported further (numpy): all of them keep
+    the hand-out view's memory manager alive, and it holds a reference to the block. So
+    once the hand-out view is released, any reference to the block beyond the node's own
+    means someone still looks at it, and the block must not be reused.
     """
     ev = node.ev
     if ev is None:
         return True
     node.ev = None
-    try:
-        ev.release()
-    except BufferError:  # exported further by the library itself: never reuse
-        return False
-    return _getrefcount(node.buf) <= _FREE_REFS
+    ev.release()  # never exported: reads hand out slices of it, not the view itself
+    return sys.getrefcount(node.buf) <= _FREE_REFS
 
 
 def _hand_out(node: _Node) -> memoryview:
@@ -523,12 +517,14 @@ class LinkBuffer:
         """Free everything read so far; views handed out before become unusable."""
         views = self._views
         if views:
-            try:
-                for v in views:
+            for v in views:
+                try:
                     v.release()
-            except BufferError:
-                self._release_exported()
-                return
+                except BufferError:
+                    # Exported further (numpy, a C extension holding a buffer): it cannot
+                    # be revoked, and its block stays out of the pool while it lives, by
+                    # the same check that guards derived views (_unwatched).
+                    pass
             views.clear()
         side = self._side
         if side is not None:
@@ -547,7 +543,7 @@ class LinkBuffer:
                     if ev is not None:
                         node.ev = None
                         ev.release()
-                    if ev is None or _getrefcount(node.buf) <= _FREE_REFS:
+                    if ev is None or sys.getrefcount(node.buf) <= _FREE_REFS:
                         node.r = node.w = 0
                         self._hi = 0
                         return
@@ -567,45 +563,6 @@ class LinkBuffer:
                 _recycle(node)
             del nodes[:hi]
             self._hi = 0
-
-    def _release_exported(self) -> None:
-        """``release()`` when a view is exported further (numpy, ``bytes``-like consumers
-        holding a buffer; ``memoryview(v)`` and slices are not exports, see _unwatched).
-
-        Such a view cannot be revoked, so the memory behind the consumed data must never
-        be reused: it leaves the pool and is freed once the last export is gone.
-        """
-        views = self._views
-        assert views is not None
-        for v in views:
-            try:
-                v.release()
-            except BufferError:
-                pass
-        views.clear()
-        self._release_tainted()
-
-    def _release_tainted(self) -> None:
-        """``release()`` when a view could not be revoked: drop consumed memory unpooled."""
-        self._side = None  # its blocks may back the unrevoked view: leave them to the GC
-        nodes = self._nodes
-        if not self._rlen and not self._wlen:
-            for node in nodes:
-                node.pooled = False
-            nodes.clear()
-            self._hi = 0
-            return
-        hi = self._hi
-        head = nodes[hi]
-        while head.r == head.w and hi + 1 < len(nodes):
-            hi += 1
-            head = nodes[hi]
-        if hi:
-            for node in nodes[:hi]:
-                node.pooled = False
-            del nodes[:hi]
-            self._hi = 0
-        nodes[0].pooled = False
 
     # ------------------------------------------------------------------ writer side
 
