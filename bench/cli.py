@@ -27,7 +27,7 @@ from bench.runner import (
     run_all,
     standard_workloads,
 )
-from bench.server import CONTENDERS, raise_nofile_limit
+from bench.server import CONTENDERS, REFERENCE_CONTENDERS, raise_nofile_limit
 from bench.tools import INSTALL_HINTS, Toolbox
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--contenders",
-        type=lambda t: _names(t, list(CONTENDERS), "contender"),
-        help="comma-separated contenders to run (default: all; quick: a subset)",
+        type=lambda t: _names(t, list(CONTENDERS + REFERENCE_CONTENDERS), "contender"),
+        help="comma-separated contenders to run (default: all but the reference floors; "
+        "quick: a subset)",
     )
     parser.add_argument(
         "--workloads",
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print("contenders:")
         for c in CONTENDERS:
             print(f"  {c}")
+        for c in REFERENCE_CONTENDERS:
+            print(f"  {c}  (reference floor, only when named; see bench/floors.py)")
         print("workloads:")
         for w in all_workloads:
             print(f"  {w.name:<16} {w.title}")

@@ -7,7 +7,9 @@ delivers it, 8 KiB per receive, and each pays the one copy its receive call make
 
 - LinkBuffer: ``recv_into`` free node space (``recv_target``/``commit_recv``, what a
   connection does), then ``next(4)`` + ``next(n)`` for every complete frame and
-  ``release()`` once per receive. A payload is read once ``len()`` shows all of it; a
+  ``release()`` after each receive that completed frames (a receive that only brings more of
+an awaited frame is not parsed, as a waiting reader is only woken when all of it is
+there). A payload is read once ``len()`` shows all of it; a
   header cut by the end of the data makes ``next(4)`` raise ``InsufficientDataError``,
   which ends the round (what a plain LinkBuffer does when the bytes are not there).
 - bytearray: ``recv`` returns a fresh ``bytes`` (a slice of the stream here), then
@@ -18,7 +20,10 @@ The "input free" column hands the bytearray parser ready-made chunk objects inst
 its receive copy is not counted (the comparison of the first version of this benchmark).
 The "floor" column runs the LinkBuffer's parse loop over a reader that does nothing but
 check the length and slice one preloaded block: what two ``next`` calls and a ``len``
-per frame cost in this interpreter before any buffer work.
+per frame cost in this interpreter before any buffer work. The "floor + revoke" column
+adds what the contract requires of every reader on top: ``next`` records the view it
+hands out (a slice of a per-use view of the block) and a ``release()`` per 8 KiB consumed
+revokes them all. Still no receiving and no nodes: any conforming LinkBuffer costs more.
 Each parser touches the payload once (its last byte) so neither can skip the work.
 Reported: ns per frame (median of the repeats), the ratio, and peak traced memory.
 """
@@ -64,6 +69,8 @@ def parse_linkbuffer(stream: bytes) -> int:
             target[:k] = src[pos : pos + k]
             buf.commit_recv(k)
             pos += k
+        if need and len(buf) < need:
+            continue  # a reader waiting for the rest of a frame just waits (reserved)
         # Parse every complete frame. A header cut by the end of the data is rare: let
         # next(4) raise then, as a plain LinkBuffer does when the bytes are not there.
         try:
@@ -79,7 +86,7 @@ def parse_linkbuffer(stream: bytes) -> int:
                 frames += 1
         except InsufficientDataError:
             pass
-        buf.release()
+        buf.release()  # what the handler read is done with
     return frames + (check & 0)
 
 
@@ -132,6 +139,44 @@ class _Floor:
         return self._mv[pos:end]
 
 
+class _RevokingFloor:
+    """``_Floor`` plus the view bookkeeping the contract's ``release()`` needs."""
+
+    __slots__ = ("_block", "_end", "_ev", "_pos", "_views")
+
+    def __init__(self, stream: bytes) -> None:
+        self._block = stream  # not copied: the copy would be timed
+        self._ev: memoryview | None = None
+        self._views: list[memoryview] = []
+        self._pos = 0
+        self._end = len(stream)
+
+    def __len__(self) -> int:
+        return self._end - self._pos
+
+    def next(self, n: int) -> memoryview:
+        pos = self._pos
+        end = pos + n
+        if end > self._end:
+            raise InsufficientDataError("short")
+        self._pos = end
+        ev = self._ev
+        if ev is None:
+            ev = self._ev = memoryview(self._block)
+        v = ev[pos:end]
+        self._views.append(v)
+        return v
+
+    def release(self) -> None:
+        for v in self._views:
+            v.release()
+        self._views.clear()
+        ev = self._ev
+        if ev is not None:
+            self._ev = None
+            ev.release()
+
+
 def parse_floor(stream: bytes) -> int:
     """The parse loop of ``parse_linkbuffer`` over ``_Floor``: the API's cost floor."""
     buf = _Floor(stream)
@@ -150,6 +195,32 @@ def parse_floor(stream: bytes) -> int:
             frames += 1
     except InsufficientDataError:
         pass
+    return frames + (check & 0)
+
+
+def parse_revoking_floor(stream: bytes) -> int:
+    """``parse_floor`` over ``_RevokingFloor``, releasing once per 8 KiB consumed."""
+    buf = _RevokingFloor(stream)
+    frames = 0
+    check = 0
+    need = 0
+    mark = CHUNK
+    try:
+        while True:
+            if not need:
+                need = int.from_bytes(buf.next(4), "big")
+            if len(buf) < need:
+                break
+            payload = buf.next(need)
+            check ^= payload[need - 1]
+            need = 0
+            frames += 1
+            if buf._pos >= mark:  # what one receive brought is consumed
+                buf.release()
+                mark = buf._pos + CHUNK
+    except InsufficientDataError:
+        pass
+    buf.release()
     return frames + (check & 0)
 
 
@@ -189,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'payload':>8}  {'frames':>7}  {'LinkBuffer':>10}  {'bytearray':>9}  {'ratio':>6}  "
         f"{'bytearray, input free':>21}  {'ratio':>6}  {'floor':>6}  {'ratio':>6}  "
-        f"{'peak mem LB / BA':>16}"
+        f"{'floor + revoke':>14}  {'ratio':>6}  {'peak mem LB / BA':>16}"
     )
     print(header)
     print("-" * len(header))
@@ -201,12 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         ba: list[float] = []
         free: list[float] = []
         floor: list[float] = []
+        revoke: list[float] = []
         for _ in range(args.repeat):  # interleaved so drift hits all alike
             lb.append(time_parser(parse_linkbuffer, stream, frames))
             ba.append(time_parser(parse_bytearray, stream, frames))
             free.append(time_parser(parse_bytearray_free_input, chunks, frames))
             floor.append(time_parser(parse_floor, stream, frames))
-        lb_ns, ba_ns, free_ns, floor_ns = (statistics.median(x) for x in (lb, ba, free, floor))
+            revoke.append(time_parser(parse_revoking_floor, stream, frames))
+        lb_ns, ba_ns, free_ns, floor_ns, revoke_ns = (
+            statistics.median(x) for x in (lb, ba, free, floor, revoke)
+        )
         small = make_stream(size, min(frames, 2000))
         mem_lb = peak_memory(parse_linkbuffer, small)
         mem_ba = peak_memory(parse_bytearray, small)
@@ -214,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{size:>8}  {frames:>7}  {lb_ns:>10.0f}  {ba_ns:>9.0f}  {lb_ns / ba_ns:>5.2f}x  "
             f"{free_ns:>21.0f}  {lb_ns / free_ns:>5.2f}x  "
             f"{floor_ns:>6.0f}  {floor_ns / ba_ns:>5.2f}x  "
+            f"{revoke_ns:>14.0f}  {revoke_ns / ba_ns:>5.2f}x  "
             f"{mem_lb >> 10:>6} / {mem_ba >> 10:>4} KiB"
         )
     return 0

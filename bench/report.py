@@ -22,6 +22,8 @@ CONTENDER_COLOURS = {
     "uvloop-protocol": "#2ca02c",
     "uvloop-streams": "#98df8a",
     "epoll": "#7f7f7f",
+    "floor-api": "#c5b0d5",
+    "floor-api-safe": "#9467bd",
 }
 
 
@@ -515,7 +517,10 @@ def format_docs(results: dict[str, Any], chart_name: str | None) -> str:
         "`Protocol` and with Streams, uvloop with `Protocol` and with Streams, and `epoll`, "
         "a single-threaded level-triggered `select.epoll` loop over non-blocking sockets "
         "(the pure-Python floor). All of them call the same request logic "
-        "(`bench/protocols.py`); only the networking layer differs.",
+        "(`bench/protocols.py`); only the networking layer differs. Two reference floors, "
+        "`floor-api` and `floor-api-safe` (`bench/floors.py`: netpoll's handlers on a bare "
+        "epoll loop, without and with the locking and view revocation the contract needs), "
+        "run only when named with `--contenders`; see docs/performance.md.",
         "- Each server is its own process (`python -m bench.server`) on core "
         f"{s['server_cpu']}; the load comes from core {s['load_cpu']}, bound to 127.0.0.1.",
         "- Echo and frames: the C closed-loop load generator `bench/loadgen.c` (one thread, "

@@ -5,12 +5,19 @@
 A client and a netpoll ``Connection`` share a socketpair; each request is sent by the
 client, received and handled by calling the connection's event handler directly (what the
 poller does on readiness), and the reply read back. Reported: CPU time per request for a
-128-byte echo and a 128-byte frame (the benchmark servers' handlers), next to the same
-receive and send done with no library. ``--opcodes`` also counts the Python bytecodes one
-request executes, per function: a figure that does not vary with the machine's load.
+128-byte echo, a 128-byte frame and a minimal HTTP GET (the benchmark servers' handlers),
+next to the same receive and send done with no library. ``--opcodes`` also counts the
+Python bytecodes one request executes, per function: a figure that does not vary with the
+machine's load.
 
-For instruction counts, run it under callgrind with two request counts and subtract:
-``valgrind --tool=callgrind python -m bench.request_cost --requests 0`` and ``... 20000``.
+The reference floors of ``bench/floors.py`` (the same handlers on a connection that only
+moves offsets, and one that also locks, revokes released views and runs one handler at a
+time) are measured the same way: cases ``floor-echo``, ``safe-echo`` and so on
+(``--cases``).
+
+For instruction counts, run one case under callgrind with two request counts and
+subtract: ``valgrind --tool=callgrind python -m bench.request_cost --cases echo
+--requests 0`` and ``... --requests 20000``; divide the difference by 20000.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ from netpoll._connection import Connection
 from netpoll._poll._backend import READ_EVENTS
 from netpoll._poll._poller import Poller
 
+from .floors import FloorConn, SafeFloorConn
 from .server import netpoll_handler
 
 MESSAGE = b"x" * 128
 FRAME = len(MESSAGE).to_bytes(4, "big") + MESSAGE
+WARMUP = 1000  # requests before timing, whatever --requests says (so callgrind counts subtract)
 
 
 def netpoll_cost(handler: Callable[[Any, Any], None], msg: bytes, n: int) -> float:
@@ -41,7 +50,7 @@ def netpoll_cost(handler: Callable[[Any, Any], None], msg: bytes, n: int) -> flo
     conn = Connection(server, Poller(0), on_request=handler)
     event = conn._on_event
     try:
-        for _ in range(min(n, 1000)):  # warm the pools and the kept receive block
+        for _ in range(WARMUP):  # warm the pools and the kept receive block
             client.send(msg)
             event(READ_EVENTS)
             client.recv(65536)
@@ -54,6 +63,33 @@ def netpoll_cost(handler: Callable[[Any, Any], None], msg: bytes, n: int) -> flo
     finally:
         conn.close()
         client.close()
+
+
+def floor_cost(
+    cls: type[FloorConn] | type[SafeFloorConn],
+    handler: Callable[[Any, Any], None],
+    msg: bytes,
+    n: int,
+) -> float:
+    """CPU seconds per request through a reference floor's connection."""
+    client, server = socket.socketpair()
+    server.setblocking(False)
+    conn = cls(server)
+    event = conn.on_readable
+    try:
+        for _ in range(WARMUP):
+            client.send(msg)
+            event(handler)
+            client.recv(65536)
+        t0 = time.process_time()
+        for _ in range(n):
+            client.send(msg)
+            event(handler)
+            client.recv(65536)
+        return (time.process_time() - t0) / max(n, 1)
+    finally:
+        client.close()
+        server.close()
 
 
 def raw_cost(msg: bytes, n: int) -> float:
@@ -75,8 +111,8 @@ def raw_cost(msg: bytes, n: int) -> float:
         server.close()
 
 
-def opcode_counts(handler: Callable[[Any, Any], None], msg: bytes) -> collections.Counter[str]:
-    """Bytecodes executed by one request, per function."""
+def _trace(run: Callable[[], object]) -> collections.Counter[str]:
+    """Bytecodes executed by ``run()``, per function."""
     counts: collections.Counter[str] = collections.Counter()
 
     def tracer(frame: FrameType, event: str, arg: object) -> Any:
@@ -87,43 +123,84 @@ def opcode_counts(handler: Callable[[Any, Any], None], msg: bytes) -> collection
             counts[f"{code.co_name} ({code.co_filename.rsplit('/', 1)[-1]})"] += 1
         return tracer
 
+    sys.settrace(tracer)
+    try:
+        run()
+    finally:
+        sys.settrace(None)
+    return counts
+
+
+def opcode_counts(
+    handler: Callable[[Any, Any], None],
+    msg: bytes,
+    floor: type[FloorConn] | type[SafeFloorConn] | None = None,
+) -> collections.Counter[str]:
+    """Bytecodes executed by one request, per function (on a floor's connection if given)."""
     client, server = socket.socketpair()
-    conn = Connection(server, Poller(0), on_request=handler)
+    if floor is None:
+        conn = Connection(server, Poller(0), on_request=handler)
+        event: Callable[[], object] = lambda: conn._on_event(READ_EVENTS)  # noqa: E731
+        done: Callable[[], None] = conn.close
+    else:
+        server.setblocking(False)
+        fconn = floor(server)
+        event = lambda: fconn.on_readable(handler)  # noqa: E731
+        done = server.close
     try:
         for _ in range(10):
             client.send(msg)
-            conn._on_event(READ_EVENTS)
+            event()
             client.recv(65536)
         client.send(msg)
-        sys.settrace(tracer)
-        try:
-            conn._on_event(READ_EVENTS)
-        finally:
-            sys.settrace(None)
+        counts = _trace(event)
         client.recv(65536)
     finally:
-        conn.close()
+        done()
         client.close()
     return counts
+
+
+HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+MESSAGES = {"echo": MESSAGE, "frames": FRAME, "http": HTTP_REQUEST}
+CASES = ("raw", *(f"{kind}{w}" for kind in ("", "floor-", "safe-") for w in MESSAGES))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000, help="requests per figure")
     parser.add_argument("--opcodes", action="store_true", help="count bytecodes per request")
+    parser.add_argument(
+        "--cases",
+        default="raw,echo,frames,http",
+        help=f"comma-separated cases to run, from {', '.join(CASES)} (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
-    cases = {
-        "echo": (netpoll_handler(netpoll, "echo"), MESSAGE),
-        "frames": (netpoll_handler(netpoll, "frames"), FRAME),
-    }
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    floors = {"floor": FloorConn, "safe": SafeFloorConn}
     print(f"Python {sys.version.split()[0]}; {args.requests} requests per figure")
-    raw = raw_cost(MESSAGE, args.requests)
-    print(f"raw recv_into + send: {raw * 1e6:.2f} µs per request")
-    for name, (handler, msg) in cases.items():
-        cost = netpoll_cost(handler, msg, args.requests)
-        print(f"netpoll {name}: {cost * 1e6:.2f} µs per request ({(cost - raw) * 1e6:+.2f} µs)")
+    raw = raw_cost(MESSAGE, args.requests) if "raw" in cases else None
+    if raw is not None:
+        print(f"raw recv_into + send: {raw * 1e6:.2f} µs per request")
+    for case in cases:
+        if case == "raw":
+            continue
+        kind, _, workload = case.rpartition("-")
+        handler = netpoll_handler(netpoll, workload)
+        msg = MESSAGES[workload]
+        floor = floors.get(kind)
+        if floor is None:
+            cost = netpoll_cost(handler, msg, args.requests)
+        else:
+            cost = floor_cost(floor, handler, msg, args.requests)
+        extra = "" if raw is None else f" ({(cost - raw) * 1e6:+.2f} µs)"
+        label = f"netpoll {workload}" if floor is None else f"{case} (reference floor)"
+        print(f"{label}: {cost * 1e6:.2f} µs per request{extra}")
         if args.opcodes:
-            counts = opcode_counts(handler, msg)
+            counts = opcode_counts(handler, msg, floor)
             for fn, k in counts.most_common():
                 print(f"    {k:4d}  {fn}")
             print(f"    {sum(counts.values()):4d}  bytecodes in all")

@@ -37,6 +37,9 @@ CONTENDERS = (
     "uvloop-streams",
     "epoll",
 )
+# Not run by default: what any pure-Python library with netpoll's API could reach
+# (bench/floors.py). Ask for them with --contenders.
+REFERENCE_CONTENDERS = ("floor-api", "floor-api-safe")
 HOST = "127.0.0.1"
 BACKLOG = 4096
 READ_SIZE = 256 * 1024  # raw epoll: one preallocated receive buffer of this size
@@ -72,7 +75,7 @@ def check(contender: str) -> str | None:
         missing = [n for n in ("EventLoop", "create_listener") if not hasattr(netpoll, n)]
         if missing:
             return f"netpoll lacks {', '.join(missing)}"
-    if not hasattr(select, "epoll") and contender == "epoll":
+    if not hasattr(select, "epoll") and (contender == "epoll" or contender.startswith("floor")):
         return "select.epoll is not available on this platform"
     return None
 
@@ -356,6 +359,10 @@ def serve(contender: str, workload: str, port: int) -> None:
         run_netpoll(workload, port)
     elif contender == "epoll":
         run_epoll(workload, port)
+    elif contender in REFERENCE_CONTENDERS:
+        from bench.floors import run_floor
+
+        run_floor(workload, port, safe=contender == "floor-api-safe", host=HOST, backlog=BACKLOG)
     elif contender in CONTENDERS:
         run_asyncio(contender, workload, port)
     else:
@@ -367,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.server",
         description="Run one benchmark server on 127.0.0.1 until killed.",
     )
-    parser.add_argument("--contender", required=True, choices=CONTENDERS)
+    parser.add_argument("--contender", required=True, choices=CONTENDERS + REFERENCE_CONTENDERS)
     parser.add_argument("--workload", choices=WORKLOADS, default="echo")
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1")
     parser.add_argument(

@@ -338,9 +338,23 @@ def test_linkbuffer_frames_parsers_agree(size: int) -> None:
     assert lf.parse_bytearray(stream) == frames
     assert lf.parse_bytearray_free_input(lf.chunked(stream)) == frames
     assert lf.parse_floor(stream) == frames
+    assert lf.parse_revoking_floor(stream) == frames
     # A stream cut short by one byte holds one frame less.
     assert lf.parse_linkbuffer(stream[:-1]) == frames - 1
     assert lf.parse_bytearray(stream[:-1]) == frames - 1
+
+
+def test_revoking_floor_revokes() -> None:
+    """The benchmark's revoking floor really pays for revocation: released views are dead."""
+    from bench import linkbuffer_frames as lf
+
+    floor = lf._RevokingFloor(lf.make_stream(100, 3))
+    header = floor.next(4)
+    payload = floor.next(100)
+    floor.release()
+    for view in (header, payload):
+        with pytest.raises(ValueError):
+            bytes(view)
 
 
 def test_request_cost_drives_a_connection() -> None:
@@ -352,3 +366,6 @@ def test_request_cost_drives_a_connection() -> None:
     # Which frames opcode tracing reaches differs between CPython versions; the handler's
     # reads always show.
     assert any(name.startswith("next ") for name in counts), counts
+    safe = rc.opcode_counts(rc.netpoll_handler(rc.netpoll, "echo"), rc.MESSAGE, rc.SafeFloorConn)
+    assert any(name.startswith("release (floors.py)") for name in safe), safe
+    assert rc.main(["--requests", "20", "--cases", "raw,floor-frames,safe-echo"]) == 0
