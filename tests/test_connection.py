@@ -208,6 +208,50 @@ def test_close_is_idempotent_and_context_manager(plain: PlainServer) -> None:
         conn.write(b"x")
 
 
+def test_peek_and_skip(plain: PlainServer) -> None:
+    """peek waits and does not advance; skip advances; both are zero-copy within a block,
+    assemble across blocks, and their views die at release()."""
+    conn, peer = plain.dial()
+    conn.set_read_timeout(IO_TIMEOUT)
+    peer.sendall(b"hello world")
+    first = conn.peek(5)  # waits for the bytes
+    assert bytes(first) == b"hello"
+    assert bytes(conn.peek(11)) == b"hello world"
+    assert len(conn) == 11
+    assert len(conn.peek(0)) == 0
+    conn.skip(6)
+    assert bytes(conn.peek(5)) == b"world"
+    assert bytes(conn.next(5)) == b"world"
+    conn.release()
+    with pytest.raises(ValueError):
+        bytes(first)
+    for bad in (-1, True, 1.0, "1"):
+        with pytest.raises((ValueError, TypeError)):
+            conn.peek(bad)  # type: ignore[arg-type]
+        with pytest.raises((ValueError, TypeError)):
+            conn.skip(bad)  # type: ignore[arg-type]
+    # More than one receive block holds: peek assembles, skip crosses blocks.
+    big = bytes(range(256)) * 1200  # 300 KiB
+    peer.sendall(big)
+    assert bytes(conn.peek(len(big))) == big
+    conn.skip(len(big) - 3)
+    assert bytes(conn.next(3)) == big[-3:]
+    conn.release()
+    # skip waits for bytes still on the way.
+    done = threading.Event()
+
+    def skip_ahead() -> None:
+        conn.skip(4)
+        done.set()
+
+    t = threading.Thread(target=skip_ahead)
+    t.start()
+    peer.sendall(b"abcdef")
+    t.join(IO_TIMEOUT)
+    assert done.is_set()
+    assert bytes(conn.next(2)) == b"ef"
+
+
 # --------------------------------------------------------------------------- closed state
 
 
