@@ -25,7 +25,6 @@ blocking receive (fine for a floor: the load generator waits for each answer any
 
 from __future__ import annotations
 
-import errno
 import select
 import socket
 import sys
@@ -355,39 +354,28 @@ def _send(sock: socket.socket, parts: list[Any], total: int) -> None:
             sock.setblocking(False)
 
 
-def run_floor(workload: str, port: int, *, safe: bool, host: str, backlog: int) -> None:
+def run_floor(workload: str, port: int, *, safe: bool) -> None:
     """Serve ``workload`` with the netpoll handlers over a raw epoll loop until killed."""
-    from bench.server import announce, netpoll_handler
+    from bench.server import accept_ready, announce, listen_nonblocking, netpoll_handler
 
     netpoll = __import__("netpoll")
     handler = netpoll_handler(netpoll, workload)
     conn_cls: type[FloorConn] | type[SafeFloorConn] = SafeFloorConn if safe else FloorConn
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(backlog)
-    listener.setblocking(False)
+    listener = listen_nonblocking(port)
     lfd = listener.fileno()
     ep = select.epoll()
     ep.register(lfd, select.EPOLLIN)
     conns: dict[int, FloorConn | SafeFloorConn] = {}
+
+    def accepted(sock: socket.socket) -> None:
+        conns[sock.fileno()] = conn_cls(sock)
+        ep.register(sock.fileno(), select.EPOLLIN)
+
     announce(port)
     while True:
         for fd, _events in ep.poll():
             if fd == lfd:
-                while True:
-                    try:
-                        sock, _ = listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError as exc:
-                        if exc.errno in (errno.EMFILE, errno.ENFILE):
-                            break
-                        raise
-                    sock.setblocking(False)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    conns[sock.fileno()] = conn_cls(sock)
-                    ep.register(sock.fileno(), select.EPOLLIN)
+                accept_ready(listener, accepted)
                 continue
             conn = conns.get(fd)
             if conn is None:

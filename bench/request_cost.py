@@ -44,22 +44,29 @@ FRAME = len(MESSAGE).to_bytes(4, "big") + MESSAGE
 WARMUP = 1000  # requests before timing, whatever --requests says (so callgrind counts subtract)
 
 
+def _per_request(
+    client: socket.socket, event: Callable[[Any], object], arg: Any, msg: bytes, n: int
+) -> float:
+    """CPU seconds per request of: the client sends ``msg``, ``event(arg)`` receives and
+    answers it (what the poller does on readiness), the client reads the reply."""
+    for _ in range(WARMUP):  # warm the pools and the kept receive block
+        client.send(msg)
+        event(arg)
+        client.recv(65536)
+    t0 = time.process_time()
+    for _ in range(n):
+        client.send(msg)
+        event(arg)
+        client.recv(65536)
+    return (time.process_time() - t0) / max(n, 1)
+
+
 def netpoll_cost(handler: Callable[[Any, Any], None], msg: bytes, n: int) -> float:
     """CPU seconds per request through a netpoll connection."""
     client, server = socket.socketpair()
     conn = Connection(server, Poller(0), on_request=handler)
-    event = conn._on_event
     try:
-        for _ in range(WARMUP):  # warm the pools and the kept receive block
-            client.send(msg)
-            event(READ_EVENTS)
-            client.recv(65536)
-        t0 = time.process_time()
-        for _ in range(n):
-            client.send(msg)
-            event(READ_EVENTS)
-            client.recv(65536)
-        return (time.process_time() - t0) / max(n, 1)
+        return _per_request(client, conn._on_event, READ_EVENTS, msg, n)
     finally:
         conn.close()
         client.close()
@@ -74,19 +81,8 @@ def floor_cost(
     """CPU seconds per request through a reference floor's connection."""
     client, server = socket.socketpair()
     server.setblocking(False)
-    conn = cls(server)
-    event = conn.on_readable
     try:
-        for _ in range(WARMUP):
-            client.send(msg)
-            event(handler)
-            client.recv(65536)
-        t0 = time.process_time()
-        for _ in range(n):
-            client.send(msg)
-            event(handler)
-            client.recv(65536)
-        return (time.process_time() - t0) / max(n, 1)
+        return _per_request(client, cls(server).on_readable, handler, msg, n)
     finally:
         client.close()
         server.close()

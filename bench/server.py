@@ -188,17 +188,40 @@ def run_asyncio(contender: str, workload: str, port: int) -> None:
 # --- raw select.epoll: the pure-Python floor ----------------------------------------------
 
 
+def listen_nonblocking(port: int) -> socket.socket:
+    """A non-blocking TCP listener on HOST:port (the raw loops' and the floors')."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((HOST, port))
+    listener.listen(BACKLOG)
+    listener.setblocking(False)
+    return listener
+
+
+def accept_ready(listener: socket.socket, on_accept: Callable[[socket.socket], None]) -> None:
+    """Accept every pending connection as a non-blocking TCP_NODELAY socket; at EMFILE or
+    ENFILE stop until the next readiness (the rest wait in the backlog)."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                return
+            raise
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        on_accept(conn)
+
+
 def run_epoll(workload: str, port: int) -> None:
     """Single-threaded, level-triggered epoll over non-blocking sockets.
 
     A connection whose answer does not fit in the kernel buffer keeps the rest and waits for
     EPOLLOUT, and is not read meanwhile (so a client that never reads cannot grow it).
     """
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((HOST, port))
-    listener.listen(BACKLOG)
-    listener.setblocking(False)
+    listener = listen_nonblocking(port)
     lfd = listener.fileno()
     ep = select.epoll()
     ep.register(lfd, select.EPOLLIN)
@@ -236,26 +259,18 @@ def run_epoll(workload: str, port: int) -> None:
             del pending[fd]
             ep.modify(fd, epollin)
 
+    def accepted(conn: socket.socket) -> None:
+        cfd = conn.fileno()
+        socks[cfd] = conn
+        if not echo:
+            sessions[cfd] = Session(process)
+        ep.register(cfd, epollin)
+
     announce(port)
     while True:
         for fd, events in ep.poll():
             if fd == lfd:
-                while True:
-                    try:
-                        conn, _ = listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError as exc:
-                        if exc.errno in (errno.EMFILE, errno.ENFILE):
-                            break
-                        raise
-                    conn.setblocking(False)
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    cfd = conn.fileno()
-                    socks[cfd] = conn
-                    if not echo:
-                        sessions[cfd] = Session(process)
-                    ep.register(cfd, epollin)
+                accept_ready(listener, accepted)
                 continue
             sock = socks.get(fd)
             if sock is None:
@@ -362,7 +377,7 @@ def serve(contender: str, workload: str, port: int) -> None:
     elif contender in REFERENCE_CONTENDERS:
         from bench.floors import run_floor
 
-        run_floor(workload, port, safe=contender == "floor-api-safe", host=HOST, backlog=BACKLOG)
+        run_floor(workload, port, safe=contender == "floor-api-safe")
     elif contender in CONTENDERS:
         run_asyncio(contender, workload, port)
     else:
