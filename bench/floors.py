@@ -1,6 +1,6 @@
 """Reference floors: netpoll's handler API served with as little as possible around it.
 
-Two contenders answer "how fast could any pure-Python library with this API be?":
+Three contenders answer "how fast could a pure-Python library with this API be?":
 
 - ``floor-api``: the benchmark's own netpoll handlers (``bench.server.netpoll_handler``)
   called from a raw single-threaded ``select.epoll`` loop, on a connection object that only
@@ -8,8 +8,8 @@ Two contenders answer "how fast could any pure-Python library with this API be?"
   No locks, no revocation of released views, no timeouts, no states. It is not a usable
   library (a handler that waits stalls every connection), only the cost of the calls the
   API makes a handler do.
-- ``floor-api-safe``: the same, plus the three things the contract and the project's rules
-  make every request pay and that no design can drop:
+- ``floor-api-safe``: the same, plus what the contract and the project's rules make every
+  request pay, in netpoll's current design:
 
   * a lock round in each call that touches state another thread may touch (the receive,
     ``next``, ``flush``, ``release``, and the end of the handler run), so the library stays
@@ -18,6 +18,13 @@ Two contenders answer "how fast could any pure-Python library with this API be?"
     revokes every one and checks that nothing derived from them still looks at the block
     before reusing it (the contract: after ``release()`` no view shows recycled bytes);
   * one handler run at a time per connection (a flag set by the receive, cleared after).
+- ``floor-api-owned``: the same guarantees in a design that pays less for them. The thread
+  that marks a connection as processing (under its lock) owns its buffer, views and output
+  until it clears the mark (under the lock): two lock rounds per request, none in the
+  handler's calls (another thread's ``close`` would only mark the state, and the owner
+  would finish it). Views are sliced from one view per buffer window, revoked one by one
+  at ``release()`` as before, while the buffer's memory is recycled (after the reference
+  check) only when the window wraps: no view is made and dropped per request.
 
 Either serves every request/response workload; a frame not fully buffered is read with a
 blocking receive (fine for a floor: the load generator waits for each answer anyway).
@@ -35,6 +42,7 @@ from typing import Any
 __all__ = ["run_floor"]
 
 BUFFER = 256 * 1024  # per-connection receive buffer: a 64 KiB frame and its header fit
+WRAP_AT = BUFFER // 2  # floor-api-owned: a drained window past this point starts over
 
 
 class FloorClosed(Exception):
@@ -338,6 +346,107 @@ class SafeFloorConn:
         return True
 
 
+class OwnedFloorConn(SafeFloorConn):
+    """``SafeFloorConn``'s guarantees with ownership and window revocation (see above)."""
+
+    __slots__ = ()
+
+    def next(self, n: int) -> memoryview:
+        if type(n) is not int or n < 0 or self.state:
+            raise ValueError(f"bad n {n!r} or closed")
+        r = self.r
+        if r + n > self.w:
+            self._fill(n)
+            r = self.r
+        self.r = r + n
+        ev = self.ev
+        if ev is None:
+            ev = self.ev = memoryview(self.buf)
+        v = ev[r : r + n]
+        views = self.views
+        if views is None:
+            self.views = [v]
+        else:
+            views.append(v)
+        return v
+
+    def peek(self, n: int) -> memoryview:
+        r = self.r
+        if r + n > self.w:
+            self._fill(n)
+            r = self.r
+        ev = self.ev
+        if ev is None:
+            ev = self.ev = memoryview(self.buf)
+        v = ev[r : r + n]
+        views = self.views
+        if views is None:
+            self.views = [v]
+        else:
+            views.append(v)
+        return v
+
+    def skip(self, n: int) -> None:
+        if self.r + n > self.w:
+            self._fill(n)
+        self.r += n
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            if self.state:
+                raise ValueError("closed")
+            _send(self.sock, out, self.olen)
+            out.clear()
+            self.olen = 0
+
+    def release(self) -> None:
+        if self.state:
+            raise ValueError("closed")
+        views = self.views
+        if views:
+            for v in views:
+                v.release()
+            views.clear()
+        if self.r == self.w and self.w > WRAP_AT:
+            # The window wraps: its memory is reused unless a derived view still holds it.
+            if not self._retire_view():
+                self.buf = bytearray(BUFFER)
+                self.mv = memoryview(self.buf)
+            self.r = self.w = 0
+
+    def on_readable(self, handler: Callable[[Any, Any], None]) -> bool:
+        lock = self.lock
+        lock.acquire()  # round 1: take the connection
+        try:
+            if self.state:
+                return False
+            if self.processing:  # another thread owns it (not reached in this loop)
+                return True
+            self.processing = True
+        finally:
+            lock.release()
+        try:
+            k = self.sock.recv_into(self.mv[self.w :] if self.w else self.mv)
+        except (BlockingIOError, InterruptedError):
+            k = -1
+        except OSError:
+            k = 0
+        try:
+            if k > 0:
+                self.w += k
+                self.bytes_in += k
+                handler(None, self)
+        finally:
+            lock.acquire()  # round 2: hand it back, and see a close meanwhile
+            self.processing = False
+            if not k:
+                self.state = 1
+            alive = not self.state
+            lock.release()
+        return alive
+
+
 def _send(sock: socket.socket, parts: list[Any], total: int) -> None:
     """Send all ``total`` bytes of ``parts``; a short send finishes blocking (rare: replies
     are small, or the load generator is already waiting to read)."""
@@ -354,13 +463,13 @@ def _send(sock: socket.socket, parts: list[Any], total: int) -> None:
             sock.setblocking(False)
 
 
-def run_floor(workload: str, port: int, *, safe: bool) -> None:
+def run_floor(workload: str, port: int, kind: str) -> None:
     """Serve ``workload`` with the netpoll handlers over a raw epoll loop until killed."""
     from bench.server import accept_ready, announce, listen_nonblocking, netpoll_handler
 
     netpoll = __import__("netpoll")
     handler = netpoll_handler(netpoll, workload)
-    conn_cls: type[FloorConn] | type[SafeFloorConn] = SafeFloorConn if safe else FloorConn
+    conn_cls = {"floor-api": FloorConn, "floor-api-safe": SafeFloorConn}.get(kind, OwnedFloorConn)
     listener = listen_nonblocking(port)
     lfd = listener.fileno()
     ep = select.epoll()

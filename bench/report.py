@@ -24,6 +24,7 @@ CONTENDER_COLOURS = {
     "epoll": "#7f7f7f",
     "floor-api": "#c5b0d5",
     "floor-api-safe": "#9467bd",
+    "floor-api-owned": "#8c564b",
 }
 
 
@@ -517,9 +518,10 @@ def format_docs(results: dict[str, Any], chart_name: str | None) -> str:
         "`Protocol` and with Streams, uvloop with `Protocol` and with Streams, and `epoll`, "
         "a single-threaded level-triggered `select.epoll` loop over non-blocking sockets "
         "(the pure-Python floor). All of them call the same request logic "
-        "(`bench/protocols.py`); only the networking layer differs. Two reference floors, "
-        "`floor-api` and `floor-api-safe` (`bench/floors.py`: netpoll's handlers on a bare "
-        "epoll loop, without and with the locking and view revocation the contract needs), "
+        "(`bench/protocols.py`); only the networking layer differs. Three reference floors, "
+        "`floor-api`, `floor-api-safe` and `floor-api-owned` (`bench/floors.py`: netpoll's "
+        "handlers on a bare epoll loop, without the locking and view revocation the contract "
+        "needs, with them as netpoll does them, and with them done more cheaply), "
         "run only when named with `--contenders`; see docs/performance.md.",
         "- Each server is its own process (`python -m bench.server`) on core "
         f"{s['server_cpu']}; the load comes from core {s['load_cpu']}, bound to 127.0.0.1.",

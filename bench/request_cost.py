@@ -11,9 +11,9 @@ Python bytecodes one request executes, per function: a figure that does not vary
 machine's load (complete on CPython 3.11 and older; 3.12 and newer trace only some frames).
 
 The reference floors of ``bench/floors.py`` (the same handlers on a connection that only
-moves offsets, and one that also locks, revokes released views and runs one handler at a
-time) are measured the same way: cases ``floor-echo``, ``safe-echo`` and so on
-(``--cases``).
+moves offsets; one that also locks, revokes released views and runs one handler at a time
+as netpoll does; one with those guarantees done more cheaply) are measured the same way:
+cases ``floor-echo``, ``safe-echo``, ``owned-echo`` and so on (``--cases``).
 
 For instruction counts, run one case under callgrind with two request counts and
 subtract: ``valgrind --tool=callgrind python -m bench.request_cost --cases echo
@@ -36,7 +36,7 @@ from netpoll._connection import Connection
 from netpoll._poll._backend import READ_EVENTS
 from netpoll._poll._poller import Poller
 
-from .floors import FloorConn, SafeFloorConn
+from .floors import FloorConn, OwnedFloorConn, SafeFloorConn
 from .server import netpoll_handler
 
 MESSAGE = b"x" * 128
@@ -155,7 +155,7 @@ def opcode_counts(
 
 HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 MESSAGES = {"echo": MESSAGE, "frames": FRAME, "http": HTTP_REQUEST}
-CASES = ("raw", *(f"{kind}{w}" for kind in ("", "floor-", "safe-") for w in MESSAGES))
+CASES = ("raw", *(f"{kind}{w}" for kind in ("", "floor-", "safe-", "owned-") for w in MESSAGES))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
-    floors = {"floor": FloorConn, "safe": SafeFloorConn}
+    floors = {"floor": FloorConn, "safe": SafeFloorConn, "owned": OwnedFloorConn}
     print(f"Python {sys.version.split()[0]}; {args.requests} requests per figure")
     raw = raw_cost(MESSAGE, args.requests) if "raw" in cases else None
     if raw is not None:

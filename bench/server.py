@@ -39,7 +39,7 @@ CONTENDERS = (
 )
 # Not run by default: what any pure-Python library with netpoll's API could reach
 # (bench/floors.py). Ask for them with --contenders.
-REFERENCE_CONTENDERS = ("floor-api", "floor-api-safe")
+REFERENCE_CONTENDERS = ("floor-api", "floor-api-safe", "floor-api-owned")
 HOST = "127.0.0.1"
 BACKLOG = 4096
 READ_SIZE = 256 * 1024  # raw epoll: one preallocated receive buffer of this size
@@ -377,7 +377,7 @@ def serve(contender: str, workload: str, port: int) -> None:
     elif contender in REFERENCE_CONTENDERS:
         from bench.floors import run_floor
 
-        run_floor(workload, port, safe=contender == "floor-api-safe")
+        run_floor(workload, port, contender)
     elif contender in CONTENDERS:
         run_asyncio(contender, workload, port)
     else:

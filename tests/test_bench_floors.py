@@ -18,12 +18,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.floors import FloorConn, SafeFloorConn  # noqa: E402
+from bench.floors import WRAP_AT, FloorConn, OwnedFloorConn, SafeFloorConn  # noqa: E402
 from bench.server import netpoll_handler  # noqa: E402
 
 import netpoll  # noqa: E402
 
-FLOORS = [FloorConn, SafeFloorConn]
+FLOORS = [FloorConn, SafeFloorConn, OwnedFloorConn]
 
 
 def frame(payload: bytes) -> bytes:
@@ -87,9 +87,12 @@ def test_floor_frames_split_pipelined_and_large(
     assert recv_exactly(client, len(big)) == big
 
 
-def test_safe_floor_revokes_released_views(pair: tuple[socket.socket, socket.socket]) -> None:
+@pytest.mark.parametrize("cls", [SafeFloorConn, OwnedFloorConn])
+def test_safe_floors_revoke_released_views(
+    cls: type, pair: tuple[socket.socket, socket.socket]
+) -> None:
     client, server = pair
-    conn = SafeFloorConn(server)
+    conn = cls(server)
     kept: list[memoryview] = []
 
     def handler(ctx: object, c: SafeFloorConn) -> None:
@@ -110,12 +113,29 @@ def test_safe_floor_revokes_released_views(pair: tuple[socket.socket, socket.soc
 
     client.sendall(b"first")
     assert conn.on_readable(keep_slice)
-    client.sendall(b"XXXXX")
+    if cls is OwnedFloorConn:
+        # Its memory is recycled only when the window wraps: drain past the wrap point.
+        def drain(ctx: object, c: SafeFloorConn) -> None:
+            c.next(len(c))
+            c.release()
+
+        rest = WRAP_AT + 1
+        sender = threading.Thread(target=client.sendall, args=(b"y" * rest,))
+        sender.start()
+        try:
+            while rest:
+                before = conn.bytes_in
+                assert conn.on_readable(drain)
+                rest -= conn.bytes_in - before
+        finally:
+            sender.join(5.0)
+        assert conn.r == conn.w == 0  # wrapped
+    client.sendall(b"X" * 64)  # covers wherever "first" sat, were its memory reused
     assert conn.on_readable(keep_slice)
     assert bytes(derived[0]) == b"first"
 
 
-@pytest.mark.parametrize("contender", ["floor-api", "floor-api-safe"])
+@pytest.mark.parametrize("contender", ["floor-api", "floor-api-safe", "floor-api-owned"])
 def test_floor_server_over_loopback(contender: str) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
