@@ -140,20 +140,17 @@ class _Floor:
         """Nothing to revoke: this reader hands out plain slices."""
 
 
-class _RevokingFloor:
-    """``_Floor`` plus the view bookkeeping the contract's ``release()`` needs."""
+class _RevokingFloor(_Floor):
+    """``_Floor`` plus the view bookkeeping the contract's ``release()`` needs: reads are
+    slices of a per-use view of the stream (``_mv`` is not used)."""
 
-    __slots__ = ("_block", "_end", "_ev", "_pos", "_views")
+    __slots__ = ("_block", "_ev", "_views")
 
     def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
         self._block = stream  # not copied: the copy would be timed
         self._ev: memoryview | None = None
         self._views: list[memoryview] = []
-        self._pos = 0
-        self._end = len(stream)
-
-    def __len__(self) -> int:
-        return self._end - self._pos
 
     def next(self, n: int) -> memoryview:
         pos = self._pos
@@ -178,7 +175,7 @@ class _RevokingFloor:
             ev.release()
 
 
-def _parse_preloaded(buf: _Floor | _RevokingFloor) -> int:
+def _parse_preloaded(buf: _Floor) -> int:
     """The parse loop of ``parse_linkbuffer`` over a preloaded reader: ``release()`` after
     each 8 KiB (what one arrival brings), frames read until ``next`` runs short."""
     frames = 0

@@ -851,26 +851,10 @@ class Connection:
         lock = self._lock
         lock.acquire()
         try:
-            inb = self._in
-            if type(n) is int and 0 < n <= inb._rlen and not self._state:
-                node = inb._nodes[inb._hi]
-                r = node.r
-                e = r + n
-                if e <= node.w:  # in the head node: LinkBuffer.peek inlined, as in next
-                    ev = node.ev
-                    if ev is None:
-                        ev = node.ev = memoryview(node.buf)  # type: ignore[arg-type]
-                    v = ev[r:e]
-                    views = inb._views
-                    if views is None:
-                        inb._views = [v]
-                    else:
-                        views.append(v)
-                    return v
-                return inb.peek(n)
-            _check_size(n)  # the bytes are not all here yet, or something is wrong
-            self._ensure_locked(n)
-            return inb.peek(n)
+            if type(n) is not int or n > self._in._rlen or self._state:
+                _check_size(n)  # the bytes are not all here yet, or something is wrong
+                self._ensure_locked(n)
+            return self._in.peek(n)
         finally:
             lock.release()
 

@@ -307,6 +307,25 @@ class LinkBuffer:
 
     def peek(self, n: int) -> memoryview:
         """Return the next ``n`` bytes without advancing."""
+        if type(n) is int and 0 < n <= self._rlen:
+            node = self._nodes[self._hi]  # the common case first, as in next
+            r = node.r
+            e = r + n
+            if e <= node.w:
+                ev = node.ev
+                if ev is None:
+                    ev = _hand_out(node)
+                v = ev[r:e]
+                views = self._views
+                if views is None:
+                    self._views = [v]
+                else:
+                    views.append(v)
+                return v
+        return self._peek_slow(n)
+
+    def _peek_slow(self, n: int) -> memoryview:
+        """``peek`` when the bytes span nodes, the head is drained, or ``n`` is unusual."""
         if type(n) is not int or n < 0:
             _check_size(n)
         if n > self._rlen or self._closed:
