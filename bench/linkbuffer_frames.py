@@ -50,6 +50,26 @@ def make_stream(payload: int, frames: int) -> bytes:
     return frame * frames
 
 
+def read_frames(buf: Any, need: int) -> tuple[int, int, int]:
+    """Read every complete frame from ``buf`` with ``next(4)`` + ``next(n)``, touching each
+    payload's last byte. ``next`` raising ``InsufficientDataError`` (the bytes are not all
+    there, as a plain LinkBuffer's contract has it) ends the round; a header already read
+    carries over as ``need``. Returns (need, frames read, XOR of the bytes touched)."""
+    frames = 0
+    check = 0
+    try:
+        while True:
+            if not need:
+                need = int.from_bytes(buf.next(4), "big")
+            payload = buf.next(need)
+            check ^= payload[need - 1]
+            need = 0
+            frames += 1
+    except InsufficientDataError:
+        pass
+    return need, frames, check
+
+
 def parse_linkbuffer(stream: bytes) -> int:
     buf = LinkBuffer()
     src = memoryview(stream)
@@ -70,20 +90,11 @@ def parse_linkbuffer(stream: bytes) -> int:
             pos += k
         if need and len(buf) < need:
             continue  # a reader waiting for the rest of a frame just waits (reserved)
-        # Parse every complete frame: next(n) raises InsufficientDataError when the bytes
-        # are not all there (a plain LinkBuffer's contract), which ends the round; the
-        # header already read is kept in ``need``, and the payload's node is reserved.
-        try:
-            while True:
-                if not need:
-                    need = int.from_bytes(buf.next(4), "big")
-                payload = buf.next(need)
-                check ^= payload[need - 1]
-                need = 0
-                frames += 1
-        except InsufficientDataError:
-            if need:
-                buf.reserve(need)  # what a connection does when next(n) must wait
+        need, got, touched = read_frames(buf, need)
+        frames += got
+        check ^= touched
+        if need:
+            buf.reserve(need)  # what a connection does when next(n) must wait
         buf.release()  # what the handler read is done with
     return frames + (check & 0)
 
@@ -184,16 +195,9 @@ def _parse_preloaded(buf: _Floor) -> int:
     total = len(buf)
     for end in range(CHUNK, total + CHUNK, CHUNK):
         buf._end = min(end, total)  # what has arrived so far
-        try:
-            while True:
-                if not need:
-                    need = int.from_bytes(buf.next(4), "big")
-                payload = buf.next(need)
-                check ^= payload[need - 1]
-                need = 0
-                frames += 1
-        except InsufficientDataError:
-            pass
+        need, got, touched = read_frames(buf, need)
+        frames += got
+        check ^= touched
         buf.release()
     return frames + (check & 0)
 
