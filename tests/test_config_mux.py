@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import socket
 import threading
@@ -456,3 +457,67 @@ def test_shard_queue_large_writers(mux_pair: tuple[netpoll.Connection, _Sink]) -
     q.close()
     assert sink.wait_for(len(chunks) * (64 << 10), 20)
     assert bytes(sink.data) == b"".join(chunks)
+
+
+@pytest.mark.timeout(20)
+def test_shard_queue_close_from_a_getter_does_not_wait_for_itself(
+    mux_pair: tuple[netpoll.Connection, _Sink],
+) -> None:
+    """close() called on the drain thread (inside a getter) refuses further work at once;
+    what was queued still goes out."""
+    conn, sink = mux_pair
+    q = netpoll.mux.ShardQueue(2, conn)
+    closed = threading.Event()
+
+    def closing_getter() -> tuple[Any, bool]:
+        q.close()  # would wait forever for the drain it runs in
+        closed.set()
+        return _getter(b"[closer]")()
+
+    q.add(closing_getter, _getter(b"[after]"))
+    assert closed.wait(IO_TIMEOUT)
+    assert sink.wait_for(len(b"[closer][after]"))
+    assert bytes(sink.data) == b"[closer][after]"
+    with pytest.raises(netpoll.ConnectionClosedError):
+        q.add(_getter(b"late"))
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("timeout", "exc"), [(-1, ValueError), (math.nan, ValueError), ("1", TypeError)]
+)
+def test_shard_queue_close_checks_its_timeout(
+    mux_pair: tuple[netpoll.Connection, _Sink], timeout: Any, exc: type[Exception]
+) -> None:
+    conn, _ = mux_pair
+    q = netpoll.mux.ShardQueue(1, conn)
+    with pytest.raises(exc, match="timeout"):
+        q.close(timeout)
+    q.close(math.inf)  # no limit, like None
+
+
+@pytest.mark.timeout(20)
+def test_set_logger_output_follows_a_logger_change(
+    serve: ServeFactory, custom_logger: tuple[logging.Logger, _ListHandler]
+) -> None:
+    """set_logger_output after configure(logger=...) takes its stream off the old logger
+    too: records then go to the new stream only."""
+    log, _ = custom_logger
+    old = logging.getLogger("netpoll")
+    out = io.StringIO()
+    netpoll.set_logger_output(out)  # on the default logger
+    netpoll.configure(logger=log)
+    out2 = io.StringIO()
+    netpoll.set_logger_output(out2)  # on the new one; the first handler must go
+    try:
+        old.error("to the old logger")
+        assert "to the old logger" not in out.getvalue()
+        srv = serve(_raising_handler)
+        c = srv.connect()
+        c.sendall(b"x")
+        assert recv_until_eof(c) == b""
+        assert "plugh" in out2.getvalue()
+    finally:
+        for h in list(log.handlers):
+            if isinstance(h, logging.StreamHandler) and h.stream is out2:
+                log.removeHandler(h)

@@ -21,6 +21,7 @@ from conftest import (
     echo_handler,
     frame,
     frame_echo_handler,
+    recv_exact,
     wait_until,
 )
 
@@ -250,6 +251,35 @@ def test_peek_and_skip(plain: PlainServer) -> None:
     t.join(IO_TIMEOUT)
     assert done.is_set()
     assert bytes(conn.next(2)) == b"ef"
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("size", [5, 9000])
+@pytest.mark.parametrize("revoke", ["release", "read"])
+@pytest.mark.parametrize("then", ["flush", "write_string"])
+def test_view_released_before_flush_raises_a_clear_error(
+    plain: PlainServer, size: int, revoke: str, then: str
+) -> None:
+    """write_binary may keep a reference to a view until flush(); releasing the view
+    first (release(), or a read that releases) makes the queued write unsendable. The next
+    call that needs it raises ValueError saying so, drops the queue, and the connection
+    stays usable."""
+    conn, peer = plain.dial()
+    conn.set_read_timeout(IO_TIMEOUT)
+    peer.sendall(b"v" * size + b"!")
+    conn.write_binary(conn.next(size))
+    if revoke == "release":
+        conn.release()
+    else:
+        assert conn.read(1) == b"!"
+    with pytest.raises(ValueError, match="released before flush"):
+        if then == "flush":
+            conn.flush()
+        else:
+            conn.write_string("x")  # moves the queue into the buffer first
+    assert conn.malloc_len() == 0
+    conn.write(b"ok")
+    assert recv_exact(peer, 2) == b"ok"
 
 
 # --------------------------------------------------------------------------- closed state

@@ -190,3 +190,39 @@ def test_dial_bad_timeout_and_helper_network(refusing_port: int) -> None:
         netpoll.dial_connection("tcp", f"127.0.0.1:{refusing_port}", timeout="soon")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="network"):
         netpoll.dial_tcp("unix", "/tmp/x.sock")
+
+
+def _resolving_to(monkeypatch: pytest.MonkeyPatch, hosts: list[str]) -> None:
+    """Make every name resolve to ``hosts``, in that order (IPv4 loopback addresses)."""
+
+    def fake(host: Any, port: Any, family: int = 0, *args: Any, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (h, int(port))) for h in hosts]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+@pytest.mark.timeout(20)
+def test_dial_tries_every_address_in_turn(
+    serve: ServeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with several addresses is dialed address by address, as Go does: the
+    first refuses (nothing listens on 127.0.0.2 at that port), the second answers."""
+    srv = serve(echo_handler)
+    port = srv.addr[1]
+    _resolving_to(monkeypatch, ["127.0.0.2", srv.addr[0]])
+    conn = netpoll.dial_connection("tcp", f"service.test:{port}", timeout=5)
+    try:
+        assert conn.remote_addr == (srv.addr[0], port)
+        conn.write(b"ping")
+        assert conn_read_exact(conn, 4) == b"ping"
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(20)
+def test_dial_raises_the_last_error_when_every_address_fails(
+    refusing_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _resolving_to(monkeypatch, ["127.0.0.2", "127.0.0.3"])
+    with pytest.raises(ConnectionRefusedError, match=r"127\.0\.0\.3"):
+        netpoll.dial_connection("tcp", f"service.test:{refusing_port}")

@@ -293,16 +293,24 @@ class LinkBufferMachine(RuleBasedStateMachine):
             st.tuples(st.sampled_from(["binary", "string", "byte", "malloc"]), payloads),
             max_size=5,
         ),
+        unread=st.integers(0, 64),
     )
-    def append(self, size: int | None, history: bytes, parts: list[tuple[str, bytes]]) -> None:
+    def append(
+        self, size: int | None, history: bytes, parts: list[tuple[str, bytes]], unread: int
+    ) -> None:
         other = netpoll.LinkBuffer() if size is None else netpoll.LinkBuffer(size)
         held = None
+        expected = bytearray()
         if history:
-            # the source has been used: flushed, read (a view still held), not released
+            # the source has been used: flushed, partly read (a view still held), not
+            # released; what is still readable moves along, first (as in Netpoll)
             other.write_binary(history)
             other.flush()
-            held = other.next(len(history))
-        expected = bytearray()
+            read = len(history) - min(unread, len(history))
+            if read:
+                held = other.next(read)
+            expected += history[read:]
+            history = history[:read]
         for op, payload in parts:
             if op == "binary":
                 other.write_binary(payload)
@@ -320,7 +328,7 @@ class LinkBufferMachine(RuleBasedStateMachine):
                 view[:] = payload
                 del view
                 expected += payload
-        assert other.malloc_len() == len(expected)
+        assert other.malloc_len() + len(other) == len(expected)
         self.lb.append(other)
         assert other.malloc_len() == 0, "append() must leave the source writer empty"
         assert len(other) == 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-__all__ = ["NETWORKS", "family_for", "resolve"]
+__all__ = ["NETWORKS", "family_for", "resolve", "resolve_all"]
 
 NETWORKS = ("tcp", "tcp4", "tcp6", "unix")
+_UNIX_PATH_MAX = 107  # sun_path holds 108 bytes on Linux, one of them the final NUL
 
 
 def family_for(network: str) -> int:
@@ -37,7 +38,7 @@ def _split_host_port(address: str) -> tuple[str, int]:
             raise ValueError(f"address {address!r} has no port (expected 'host:port')")
         if ":" in host:
             raise ValueError(f"address {address!r}: IPv6 hosts must be written '[host]:port'")
-    if not port_s.isdigit():
+    if not (port_s.isascii() and port_s.isdigit()):
         raise ValueError(f"address {address!r} has a bad port {port_s!r}")
     port = int(port_s)
     if port > 65535:
@@ -47,15 +48,27 @@ def _split_host_port(address: str) -> tuple[str, int]:
 
 def resolve(network: str, address: Any, *, passive: bool) -> tuple[int, Any]:
     """``(family, sockaddr)`` for ``address`` on ``network``; bad input raises ValueError."""
+    return resolve_all(network, address, passive=passive)[0]
+
+
+def resolve_all(network: str, address: Any, *, passive: bool) -> list[tuple[int, Any]]:
+    """Every ``(family, sockaddr)`` ``address`` names on ``network``, in the resolver's
+    order (a dialer tries them in turn, as Go's does); bad input raises ValueError."""
     family = family_for(network)
     if family == socket.AF_UNIX:
         if isinstance(address, bytes):
             address = address.decode()
         if not isinstance(address, str) or not address:
             raise ValueError(f"address for unix must be a non-empty path, got {address!r}")
-        return socket.AF_UNIX, address
+        # A leading NUL names a Linux abstract socket; one anywhere else would silently cut
+        # the path short.
+        if "\0" in address[1:]:
+            raise ValueError(f"address {address!r}: a unix path must not contain NUL bytes")
+        if len(address.encode()) > _UNIX_PATH_MAX:
+            raise ValueError(f"address {address!r}: a unix path is at most {_UNIX_PATH_MAX} bytes")
+        return [(socket.AF_UNIX, address)]
     if isinstance(address, tuple):
-        if len(address) < 2 or not isinstance(address[1], int):
+        if len(address) < 2 or type(address[1]) is not int:
             raise ValueError(f"address {address!r} must be (host, port[, ...])")
         host, port = str(address[0]), address[1]
         if not 0 <= port <= 65535:
@@ -65,11 +78,18 @@ def resolve(network: str, address: Any, *, passive: bool) -> tuple[int, Any]:
     else:
         raise TypeError(f"address must be a str or a tuple, not {type(address).__name__}")
     if not host:
+        if passive and family == socket.AF_UNSPEC and socket.has_dualstack_ipv6():
+            # Go's "tcp" with no host listens on every interface of both families: one
+            # IPv6 socket that also takes IPv4 (create_listener clears IPV6_V6ONLY).
+            return [(socket.AF_INET6, ("::", port, 0, 0))]
         host = None if passive else "localhost"  # type: ignore[assignment]
     flags = socket.AI_PASSIVE if passive else 0
     try:
         infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, flags)
     except socket.gaierror as exc:
         raise ValueError(f"cannot resolve address {address!r} for {network}: {exc}") from exc
-    fam, _, _, _, sockaddr = infos[0]
-    return fam, sockaddr
+    out: list[tuple[int, Any]] = []
+    for fam, _, _, _, sockaddr in infos:
+        if (fam, sockaddr) not in out:
+            out.append((fam, sockaddr))
+    return out

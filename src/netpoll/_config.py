@@ -47,7 +47,7 @@ class _Config:
 
 _config = _Config()
 _lock = threading.Lock()
-_output_handler: logging.Handler | None = None
+_output_handler: tuple[logging.Logger, logging.Handler] | None = None
 
 
 def get_config() -> _Config:
@@ -94,8 +94,9 @@ def configure(
     ``poller_num`` may change while serving: new connections go to the new set.
     ``buffer_size`` is the receive node size of connections (bytes).
     """
+    # Every argument is checked before any is applied: a rejected call changes nothing.
     if poller_num is not None:
-        set_num_loops(_check_positive_int(poller_num, "poller_num"))
+        _check_positive_int(poller_num, "poller_num")
     if runner is not None and not callable(runner):
         raise TypeError(f"runner must be callable, not {type(runner).__name__}")
     if load_balance is not None and not isinstance(load_balance, LoadBalance):
@@ -106,12 +107,15 @@ def configure(
         _check_positive_int(buffer_size, "buffer_size")
         if buffer_size < 1024:
             raise ValueError(f"buffer_size must be >= 1024, got {buffer_size}")
+    if logger is not None and not isinstance(logger, logging.Logger):
+        raise TypeError(f"logger must be a logging.Logger, not {type(logger).__name__}")
+    if poller_num is not None:
+        set_num_loops(poller_num)
+    if buffer_size is not None:
         _config.buffer_size = buffer_size
     if runner is not None:
         set_runner(runner)
     if logger is not None:
-        if not isinstance(logger, logging.Logger):
-            raise TypeError(f"logger must be a logging.Logger, not {type(logger).__name__}")
         _config.logger = logger
     if load_balance is not None:
         set_load_balance(load_balance)
@@ -165,10 +169,11 @@ def set_logger_output(f: IO[str]) -> None:
     log = _config.logger
     with _lock:
         if _output_handler is not None:
-            log.removeHandler(_output_handler)
+            # From whichever logger it went to: configure(logger=) may have changed it since.
+            _output_handler[0].removeHandler(_output_handler[1])
         handler = logging.StreamHandler(f)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         log.addHandler(handler)
         if log.level == logging.NOTSET:
             log.setLevel(logging.INFO)
-        _output_handler = handler
+        _output_handler = (log, handler)

@@ -69,13 +69,36 @@ CLOSE_SHUTDOWN: Final = "shutdown"
 
 
 def _timeout_value(t: float | None, name: str) -> float:
+    """Seconds as a float, 0.0 meaning none: ``None``, 0, infinity and anything from
+    ``NO_LIMIT`` seconds (about 31 years) up mean no limit."""
     if t is None:
         return 0.0
     if isinstance(t, bool) or not isinstance(t, (int, float)):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(t).__name__}")
-    if t < 0:
+    if not t >= 0:  # NaN fails this too
         raise ValueError(f"{name} must be >= 0, got {t}")
+    if t >= NO_LIMIT:  # also keeps deadlines within what the OS waits accept
+        return 0.0
     return float(t)
+
+
+NO_LIMIT: Final = 1e9  # seconds; a timeout this long or longer is no timeout
+_MAX_KEEPALIVE: Final = 32767  # the kernel's limit for TCP_KEEPIDLE and TCP_KEEPINTVL
+
+
+def _keepalive_seconds(t: float, name: str) -> int:
+    """Whole seconds for a keepalive option, 1 to the kernel's limit (infinity: the limit)."""
+    value = _timeout_value(t, name)
+    if not value:
+        return 1 if t == 0 else _MAX_KEEPALIVE
+    return min(max(int(value), 1), _MAX_KEEPALIVE)
+
+
+def _check_read_limit(n: int, name: str = "read_buffer_limit") -> int:
+    _check_size(n, name)
+    if n == 0:
+        raise ValueError(f"{name} must be > 0")
+    return n
 
 
 class _Hooks:
@@ -121,6 +144,7 @@ class Connection:
         "_fd",
         "_hooks",
         "_hot",
+        "_hup",
         "_idle_seen",
         "_idle_timeout",
         "_idle_timer",
@@ -190,6 +214,7 @@ class Connection:
         self._suspect = False  # took part in a slow batch: time the next handler run
         self._need = 0  # bytes a blocked reader waits for
         self._paused = False  # reading stopped by the read buffer limit
+        self._hup = False  # the peer hung up while paused; its last bytes wait in the kernel
         self._on_request = on_request
         self._ctx: Any = None
         self._hooks = hooks
@@ -221,7 +246,7 @@ class Connection:
             except OSError:
                 remote_addr = None
         self._remote_addr: Any = remote_addr
-        self._op = FDOperator(self._fd, self._on_event, poller)
+        self._op = FDOperator(self._fd, self._on_event, poller, self._on_hangup)
         if idle_timeout:
             self.set_idle_timeout(idle_timeout)
 
@@ -390,7 +415,20 @@ class Connection:
     def _pause_locked(self) -> None:
         if not self._paused:
             self._paused = True
-            self._op.control(PollEvent.DETACH)
+            # Input stops (TCP pushes back), but a hang-up still reports (_on_hangup).
+            self._op.control(PollEvent.HANGUP)
+
+    def _on_hangup(self, ev: int) -> None:
+        """The peer hung up while reading is paused: inactive from now on.
+
+        What it sent before stays in the kernel until the handler makes room; reading
+        then resumes and meets the end of the stream as usual (on_disconnect, close).
+        Draining it now would break the read limit, closing now would lose it.
+        """
+        with self._lock:
+            if self._paused and not self._state and not self._eof_handled:
+                self._hup = True
+                self._op.control(PollEvent.DETACH)  # level-triggered: it would repeat
 
     def _maybe_resume_locked(self) -> None:
         if self._paused and self._in._rlen < max(self._read_limit, self._need):
@@ -524,7 +562,7 @@ class Connection:
 
     def is_active(self) -> bool:
         """False once either side closed the connection (a peer close included)."""
-        return self._state == _OPEN and not self._eof
+        return self._state == _OPEN and not self._eof and not self._hup
 
     def fileno(self) -> int:
         """The socket's file descriptor (-1 once closed)."""
@@ -695,14 +733,15 @@ class Connection:
     def _idle_check(self) -> None:
         # Activity is seen by the byte counters moving between checks, so the receive and
         # send paths need not read a clock. A check every quarter of the timeout bounds
-        # the close to between t and 1.25 t after the last byte.
+        # the close to between t and 1.25 t after the last byte. A handler at work counts
+        # as activity (its peer awaits the answer); one waiting for input does not.
         with self._lock:
             t = self._idle_timeout
             if not t or self._state != _OPEN:
                 return
             now = time.monotonic()
             seen = self._bytes_in + self._bytes_out
-            if seen != self._idle_seen or self._processing or self._need:
+            if seen != self._idle_seen or (self._processing and not self._need):
                 self._idle_seen = seen
                 self._last = now
             left = self._last + t - now
@@ -715,9 +754,7 @@ class Connection:
 
     def set_read_buffer_limit(self, n: int) -> None:
         """Stop reading the socket while ``n`` unread bytes are buffered (TCP pushes back)."""
-        _check_size(n, "n")
-        if n == 0:
-            raise ValueError("n must be > 0")
+        _check_read_limit(n, "n")
         with self._lock:
             self._read_limit = n
             if self._paused:
@@ -729,11 +766,11 @@ class Connection:
         if idle is None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
             return
-        idle_s = max(int(_timeout_value(idle, "idle")), 1)
+        idle_s = _keepalive_seconds(idle, "idle")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if hasattr(socket, "TCP_KEEPIDLE"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
-            every = max(int(_timeout_value(interval, "interval") or idle_s), 1)
+            every = idle_s if not interval else _keepalive_seconds(interval, "interval")
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, every)
 
     # ------------------------------------------------------------------ reading
@@ -744,6 +781,11 @@ class Connection:
     def len(self) -> int:
         """Readable bytes buffered now."""
         return self._in._rlen
+
+    def _check_readable_locked(self) -> None:
+        """Raise unless reads are allowed: open, or kept readable after a peer close."""
+        if self._state != _OPEN and not self._readable_after_close():
+            raise ConnectionClosedError("connection is closed")
 
     def _ensure_locked(self, n: int) -> None:
         """Wait, lock held, until ``n`` bytes are buffered; raise on timeout or close."""
@@ -882,6 +924,7 @@ class Connection:
         """Data up to and including ``delim``; on a peer close first, ``PeerClosedError.partial``
         holds what was buffered."""
         with self._lock:
+            self._check_readable_locked()
             return until_filling(self._in, delim, self._ensure_locked)
 
     def read_line(self) -> memoryview:
@@ -941,6 +984,7 @@ class Connection:
         if n == 0:
             return b""
         with self._lock:
+            self._check_readable_locked()
             inb = self._in
             if not inb._rlen:
                 try:
@@ -960,6 +1004,7 @@ class Connection:
         if not len(out):
             return 0
         with self._lock:
+            self._check_readable_locked()
             inb = self._in
             if not inb._rlen:
                 try:
@@ -994,6 +1039,12 @@ class Connection:
     def _spill(self) -> None:
         parts = self._wpend
         if parts:
+            for p in parts:
+                if type(p) is memoryview:
+                    try:
+                        p.nbytes  # noqa: B018  # raises once released
+                    except ValueError:
+                        raise self._released_write() from None
             self._wpend = None
             self._wpend_len = 0
             wb = self._wbuf
@@ -1100,6 +1151,8 @@ class Connection:
                         n = 0
                     except OSError:
                         n = 0  # the slow path below meets the error again and reports it
+                    except ValueError:
+                        raise self._released_write() from None
                     self._bytes_out += n
                     if n == self._wpend_len:
                         parts.clear()
@@ -1112,6 +1165,16 @@ class Connection:
         if self._state:
             self._check_open()
         self._flush_buffer()
+
+    def _released_write(self) -> ValueError:
+        """A queued view was released before the flush: drop the queue, which can no longer
+        be sent, and say what happened."""
+        self._wpend = None
+        self._wpend_len = 0
+        return ValueError(
+            "a view given to write_binary() was released before flush(); "
+            "nothing queued since the last flush was sent (flush before release())"
+        )
 
     def _drop_sent_parts(self, n: int) -> None:
         """Forget the first ``n`` bytes of the pending queue (the kernel took them)."""

@@ -9,8 +9,8 @@ import socket
 import time
 from typing import Any
 
-from ._addr import resolve
-from ._connection import Connection
+from ._addr import resolve_all
+from ._connection import Connection, _check_read_limit, _timeout_value
 from ._errors import DialTimeoutError
 from ._poll._manager import manager
 from ._poll._poller import before_block
@@ -18,12 +18,17 @@ from ._poll._poller import before_block
 __all__ = ["Dialer", "dial_connection", "dial_tcp", "dial_unix"]
 
 
+_POLL_SLICE_MS = 3_600_000
+
+
 def _connect(family: int, sockaddr: Any, timeout: float | None) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         err = sock.connect_ex(sockaddr)
-        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+        # EAGAIN is not "in progress": a unix socket says so when the listener's backlog
+        # is full, and the socket stays unconnected (Go reports it as an error too).
+        if err in (errno.EINPROGRESS, errno.EALREADY):
             before_block()
             p = select.poll()
             p.register(sock, select.POLLOUT)
@@ -32,7 +37,9 @@ def _connect(family: int, sockaddr: Any, timeout: float | None) -> socket.socket
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise DialTimeoutError(f"dial {sockaddr!r} timed out after {timeout}s")
-                if p.poll(None if left is None else int(left * 1000) + 1):
+                # In slices: poll() takes at most about 24 days of milliseconds.
+                ms = _POLL_SLICE_MS if left is None else min(int(left * 1000) + 1, _POLL_SLICE_MS)
+                if p.poll(ms):
                     break
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
@@ -43,10 +50,39 @@ def _connect(family: int, sockaddr: Any, timeout: float | None) -> socket.socket
         raise
 
 
+def _connect_any(
+    targets: list[tuple[int, Any]], timeout: float | None
+) -> tuple[socket.socket, Any]:
+    """Connect to the first of ``targets`` that accepts, trying them in order.
+
+    As in Go, each attempt gets an equal share of the time left, so one address that
+    never answers cannot use up the whole timeout. With every attempt failed, the last
+    error is raised.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last: OSError | None = None
+    for i, (family, sockaddr) in enumerate(targets):
+        share = None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            share = left / (len(targets) - i)
+        try:
+            return _connect(family, sockaddr, share), sockaddr
+        except OSError as exc:  # DialTimeoutError included: it is a TimeoutError
+            last = exc
+    if last is None:
+        raise DialTimeoutError(f"dial {targets[0][1]!r} timed out after {timeout}s")
+    raise last
+
+
 class Dialer:
     """Makes client connections registered with a poller."""
 
     def __init__(self, *, read_buffer_limit: int | None = None) -> None:
+        if read_buffer_limit is not None:
+            _check_read_limit(read_buffer_limit)
         self._read_buffer_limit = read_buffer_limit
 
     def dial_connection(
@@ -58,18 +94,12 @@ class Dialer:
         read_buffer_limit: int | None = None,
     ) -> Connection:
         """Connect to ``address``; refused raises the OS error, too slow DialTimeoutError."""
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(
-                    f"timeout must be a number of seconds, not {type(timeout).__name__}"
-                )
-            if timeout < 0:
-                raise ValueError(f"timeout must be >= 0, got {timeout}")
-            if timeout == 0:
-                timeout = None
-        family, sockaddr = resolve(network, address, passive=False)
-        sock = _connect(family, sockaddr, timeout)
+        seconds = _timeout_value(timeout, "timeout") or None  # 0 and infinity: no limit
         limit = read_buffer_limit if read_buffer_limit is not None else self._read_buffer_limit
+        if limit is not None:
+            _check_read_limit(limit)  # before connecting: a bad argument opens nothing
+        targets = resolve_all(network, address, passive=False)
+        sock, sockaddr = _connect_any(targets, seconds)
         try:
             conn = Connection(
                 sock, manager().pick(sockaddr), read_buffer_limit=limit, remote_addr=sockaddr

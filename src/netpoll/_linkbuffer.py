@@ -12,7 +12,7 @@ flushed yet. Flushing only moves the boundary, so it copies nothing.
 from __future__ import annotations
 
 import sys
-from typing import Final
+from typing import Any, Final
 
 from ._errors import InsufficientDataError
 
@@ -149,6 +149,19 @@ def _hand_out(node: _Node) -> memoryview:
     return ev
 
 
+def _revoke(views: list[memoryview]) -> None:
+    """Release every view in ``views`` and empty the list."""
+    for v in views:
+        try:
+            v.release()
+        except BufferError:
+            # Exported further (numpy, a C extension holding a buffer): it cannot be
+            # revoked, and its block stays out of the pool while it lives, by the same
+            # check that guards derived views (_unwatched).
+            pass
+    views.clear()
+
+
 def _recycle(node: _Node) -> None:
     if node.pooled and node.buf is not None:
         node.pooled = False  # guard against a second recycle of the same node
@@ -161,18 +174,32 @@ def _check_size(n: object, name: str = "n") -> int:
         raise TypeError(f"{name} must be an int, not {type(n).__name__}")
     if n < 0:
         raise ValueError(f"{name} must be >= 0, got {n}")
+    if n > sys.maxsize:
+        raise ValueError(f"{name}={n} is larger than any buffer can be")
     return n
 
 
+def _immutable(mv: memoryview) -> bool:
+    """True if nobody can change ``mv``'s bytes: a read-only view is not enough, since a
+    read-only view of a bytearray still changes with it."""
+    return mv.readonly and isinstance(mv.obj, bytes)
+
+
 def _as_bytes_view(b: object, name: str = "b") -> memoryview:
-    if type(b) is memoryview and b.format == "B" and b.ndim == 1 and b.contiguous:
-        # Keep the caller's view object itself: wrapping it would share its memory under
-        # a new, untracked view that its release() could not revoke.
-        return b
+    """A flat byte view of ``b`` that this module owns.
+
+    A view of a caller's memoryview is a new object on the same memory: it outlives the
+    caller's ``release()`` of theirs. If that memory is a block another buffer handed out,
+    the block's reference check (``_unwatched``) keeps it out of the pool while this view
+    lives, so it never shows recycled bytes. Strided views are copied: ``sendmsg`` and
+    the slicing reads need contiguous memory.
+    """
     try:
         mv = memoryview(b)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"{name} must be a bytes-like object, not {type(b).__name__}") from None
+    if not mv.c_contiguous:
+        return memoryview(mv.tobytes())
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B")
     return mv
@@ -212,8 +239,10 @@ class LinkBuffer:
         "_cls",
         "_hi",
         "_keep",
+        "_mallocs",
         "_mutable_refs",
         "_nodes",
+        "_peeked",
         "_rlen",
         "_side",
         "_size",
@@ -239,6 +268,10 @@ class LinkBuffer:
         self._keep = 0  # block size release() keeps when drained (0: keep nothing)
         self._mutable_refs = 0  # borrowed writable objects flush() must copy
         self._side: list[_Node] | None = None  # blocks holding assembled reads
+        self._mallocs: list[memoryview] | None = None  # malloc views, revoked at flush
+        # The last cross-node peek: [head node, its read offset, block, bytes in it]. A
+        # longer peek from the same place extends the block instead of taking another.
+        self._peeked: list[Any] | None = None
 
     # ------------------------------------------------------------------ reader side
 
@@ -339,8 +372,28 @@ class LinkBuffer:
             node = self._nodes[hi]
         self._hi = hi
         r = node.r
-        v = _hand_out(node)[r : r + n] if node.w - r >= n else self._assemble(n, advance=False)
+        v = _hand_out(node)[r : r + n] if node.w - r >= n else self._peek_across(node, r, n)
         self._track(v)
+        return v
+
+    def _peek_across(self, head: _Node, r: int, n: int) -> memoryview:
+        """``n`` bytes spanning nodes, without advancing. Peeking again from the same
+        place reuses the block of the last such peek, extended in place while it has room
+        (the bytes already in it are the same), so a parser that peeks ever further while
+        input trickles in holds about twice the data, not a copy per peek."""
+        last = self._peeked
+        if last is not None and last[0] is head and last[1] == r:
+            block: _Node = last[2]
+            have: int = last[3]
+            if n <= have:
+                return _hand_out(block)[:n]
+            if n <= block.cap:
+                self._copy_readable(block.mv[have:n], have)
+                last[3] = n
+                return _hand_out(block)[:n]
+        v = self._assemble(n, advance=False)
+        assert self._side is not None
+        self._peeked = [head, r, self._side[-1], n]
         return v
 
     def _assemble(self, n: int, advance: bool) -> memoryview:
@@ -363,6 +416,27 @@ class LinkBuffer:
         out = bytearray(n)
         self._gather_into(memoryview(out), n, advance)
         return out
+
+    def _copy_readable(self, out: memoryview, start: int) -> None:
+        """Fill ``out`` with the readable bytes from offset ``start`` on, not advancing."""
+        nodes = self._nodes
+        i = self._hi
+        r = nodes[i].r
+        while start >= nodes[i].w - r:  # find the node holding offset ``start``
+            start -= nodes[i].w - r
+            i += 1
+            r = nodes[i].r
+        r += start
+        pos = 0
+        n = len(out)
+        while pos < n:
+            node = nodes[i]
+            k = min(node.w - r, n - pos)
+            out[pos : pos + k] = node.mv[r : r + k]
+            pos += k
+            i += 1
+            if i < len(nodes):
+                r = nodes[i].r
 
     def _gather_into(self, out: memoryview, n: int, advance: bool) -> None:
         pos = 0
@@ -488,7 +562,9 @@ class LinkBuffer:
             node.r = r + n
             self._rlen -= n
             return s
-        return str(self._gather(n, advance=True), encoding)
+        s = str(self._gather(n, advance=False), encoding)  # a failed decode consumes nothing
+        self._advance(n)
+        return s
 
     def read_byte(self) -> int:
         """The next byte as an int."""
@@ -536,18 +612,11 @@ class LinkBuffer:
         """Free everything read so far; views handed out before become unusable."""
         views = self._views
         if views:
-            for v in views:
-                try:
-                    v.release()
-                except BufferError:
-                    # Exported further (numpy, a C extension holding a buffer): it cannot
-                    # be revoked, and its block stays out of the pool while it lives, by
-                    # the same check that guards derived views (_unwatched).
-                    pass
-            views.clear()
+            _revoke(views)
         side = self._side
         if side is not None:
             self._side = None
+            self._peeked = None
             for node in side:
                 _recycle(node)
         nodes = self._nodes
@@ -607,7 +676,16 @@ class LinkBuffer:
         w = tail.w
         tail.w = w + n
         self._wlen += n
-        return tail.mv[w : w + n]
+        # A slice of the per-use view, like a read: flush revokes it, and a view derived
+        # from it keeps the block out of the pool (see _unwatched), so a stale malloc view
+        # can never write into memory another buffer has since been given.
+        v = _hand_out(tail)[w : w + n]
+        mallocs = self._mallocs
+        if mallocs is None:
+            self._mallocs = [v]
+        else:
+            mallocs.append(v)
+        return v
 
     def malloc_len(self) -> int:
         """Bytes written or allocated since the last flush."""
@@ -665,7 +743,7 @@ class LinkBuffer:
             return 0
         if n >= NOCOPY_WRITE_THRESHOLD:
             self._nodes.append(_Node(None, mv, 0, n, n, False))
-            if not mv.readonly:
+            if not _immutable(mv):
                 self._mutable_refs += 1
         else:
             tail = self._tail_for(n)
@@ -717,7 +795,7 @@ class LinkBuffer:
             return
         if n < NOCOPY_WRITE_THRESHOLD:
             mv = memoryview(bytes(mv))
-        elif not mv.readonly:
+        elif not _immutable(mv):
             self._mutable_refs += 1
         middle = _Node(None, mv, 0, n, n, False)
         if remain_cap == 0 or tail is None:
@@ -734,7 +812,9 @@ class LinkBuffer:
         self._wlen += n
 
     def append(self, w: object) -> None:
-        """Move all of ``w``'s unflushed data to this buffer's tail without copying."""
+        """Move all of ``w``'s data to this buffer's tail without copying; ``w`` is empty
+        afterwards. What ``w`` held readable moves too, as in Netpoll (its views stay
+        valid until ``w.release()``); here all of it is unflushed until ``flush()``."""
         if not isinstance(w, LinkBuffer):
             spill = getattr(w, "_spill", None)
             if spill is not None:
@@ -747,10 +827,12 @@ class LinkBuffer:
             raise ValueError("cannot append a LinkBuffer to itself")
         if self._closed:
             raise ValueError("LinkBuffer is closed")
-        n = w._wlen
+        n = w._rlen + w._wlen
         if n == 0:
             return
         self._mutable_refs += w._mutable_refs
+        w._wlen = n  # its readable bytes go along, as the start of what is unflushed
+        w._rlen = 0
         self._nodes.extend(w._take_unflushed())
         self._wlen += n
 
@@ -794,11 +876,15 @@ class LinkBuffer:
             raise ValueError("LinkBuffer is closed")
         if self._mutable_refs:
             self._own_borrowed()
+        if self._mallocs:
+            _revoke(self._mallocs)
         self._rlen += self._wlen
         self._wlen = 0
 
     def _publish(self) -> None:
         """``flush`` for a sender that sends before returning: borrowed data stays borrowed."""
+        if self._mallocs:
+            _revoke(self._mallocs)
         self._rlen += self._wlen
         self._wlen = 0
         self._mutable_refs = 0
@@ -806,7 +892,7 @@ class LinkBuffer:
     def _own_borrowed(self) -> None:
         """Replace references to callers' writable memory with private copies."""
         for node in self._nodes:
-            if node.buf is None and not node.mv.readonly:
+            if node.buf is None and not _immutable(node.mv):
                 node.mv = memoryview(node.mv[node.r : node.w].tobytes())
                 node.w -= node.r
                 node.cap = node.w
@@ -849,6 +935,8 @@ class LinkBuffer:
         """Drop all data and return the memory to the pool; further use raises."""
         if self._closed:
             return
+        if self._mallocs:
+            _revoke(self._mallocs)
         self._rlen = self._wlen = 0
         self._keep = 0
         self.release()

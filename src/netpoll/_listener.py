@@ -84,11 +84,19 @@ def create_listener(
 
     ``reuse_port=True`` sets ``SO_REUSEPORT`` so several processes can share the port.
     """
+    if backlog is not None:
+        if type(backlog) is not int:
+            raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
+        if backlog < 0:
+            raise ValueError(f"backlog must be >= 0, got {backlog}")
     family, sockaddr = resolve(network, address, passive=True)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # "tcp" on an IPv6 address takes IPv4 clients too, as in Go; "tcp6" does not.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(network == "tcp6"))
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)

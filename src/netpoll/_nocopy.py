@@ -93,12 +93,20 @@ def until_filling(buf: LinkBuffer, delim: int | bytes, more: Callable[[int], Non
 
 
 class _StreamReader:
-    """A Reader that pulls from any object with ``recv_into`` or ``readinto``."""
+    """A Reader that pulls from any object with ``recv_into``, ``readinto1`` or ``readinto``.
+
+    ``readinto1`` comes before ``readinto``: a buffered file's ``readinto`` waits to fill
+    the whole target, where a reader wants what has arrived.
+    """
 
     __slots__ = ("_buf", "_eof", "_fill_into", "_src")
 
     def __init__(self, src: Any) -> None:
-        fill = getattr(src, "recv_into", None) or getattr(src, "readinto", None)
+        fill = (
+            getattr(src, "recv_into", None)
+            or getattr(src, "readinto1", None)
+            or getattr(src, "readinto", None)
+        )
         if fill is None:
             raise TypeError(
                 f"f must have recv_into() or readinto(), {type(src).__name__} has neither"
@@ -263,6 +271,7 @@ class _IOReader(io.RawIOBase):
         return True
 
     def readinto(self, b: Any) -> int:
+        self._checkClosed()  # io.IOBase's own check
         out = memoryview(b).cast("B")
         want = len(out)
         if want == 0:
@@ -300,6 +309,7 @@ class _IOWriter(io.RawIOBase):
         return True
 
     def write(self, b: Any) -> int:
+        self._checkClosed()  # io.IOBase's own check
         # io callers may reuse b after write() returns, so take a copy.
         n = self._w.write_binary(bytes(b))
         self._w.flush()

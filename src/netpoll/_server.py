@@ -13,8 +13,7 @@ from typing import Any, Final
 from . import _config
 from . import _connection as C
 from ._config import log as _log
-from ._connection import Connection, OnRequest, _Hooks, _timeout_value
-from ._linkbuffer import _check_size
+from ._connection import Connection, OnRequest, _check_read_limit, _Hooks, _timeout_value
 from ._listener import Listener
 from ._poll._manager import manager
 from ._poll._operator import FDOperator, PollEvent
@@ -109,9 +108,7 @@ class EventLoop:
         self._write_timeout = _timeout_value(write_timeout, "write_timeout")
         self._idle_timeout = _timeout_value(idle_timeout, "idle_timeout")
         if read_buffer_limit is not None:
-            _check_size(read_buffer_limit, "read_buffer_limit")
-            if read_buffer_limit == 0:
-                raise ValueError("read_buffer_limit must be > 0")
+            _check_read_limit(read_buffer_limit)
         self._read_buffer_limit = read_buffer_limit
         self._hooks = _ServerHooks(self)
         self._lock = threading.Lock()
@@ -239,17 +236,18 @@ class EventLoop:
             sock.close()
             return
         conn._processing = True  # the connect task owns the connection until on_connect ends
+        with self._lock:  # counted before on_prepare, so its failure shows in the stats
+            self._accepted += 1
+            self._conns.add(conn)
         if self._on_prepare is not None:
             try:
                 conn._ctx = self._on_prepare(conn)
-            except Exception:
+            except Exception as exc:
                 _log.exception("netpoll: on_prepare raised; closing %r", conn)
+                self._hooks.on_handler_error(conn, exc)
                 conn._processing = False
                 conn._close(C.CLOSE_HANDLER)
                 return
-        with self._lock:
-            self._accepted += 1
-            self._conns.add(conn)
         if self._idle_timeout:
             conn.set_idle_timeout(self._idle_timeout)
         conn._register()

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import _config
 from ._config import log as _log
+from ._connection import NO_LIMIT
 from ._errors import ConnectionClosedError
 from ._nocopy import Writer
 
@@ -43,6 +44,7 @@ class ShardQueue:
         self._head = 0  # sequence number the drain hands out next
         self._pending = 0
         self._draining = False
+        self._drainer = 0  # ident of the thread running the drain task, while one runs
         self._closed = False
 
     @property
@@ -91,11 +93,14 @@ class ShardQueue:
 
     def _drain(self) -> None:
         conn = self._conn
+        me = threading.get_ident()
         while True:
             with self._lock:
+                self._drainer = me
                 batch = self._take_batch()
                 if not batch:
                     self._draining = False
+                    self._drainer = 0
                     self._idle.notify_all()
                     return
             try:
@@ -128,12 +133,29 @@ class ShardQueue:
             self._head = next(self._seq)  # skip the numbers never drained
             self._seq = itertools.count(self._head)
             self._draining = False
+            self._drainer = 0
             self._closed = True
             self._idle.notify_all()
 
     def close(self, timeout: float | None = None) -> None:
-        """Wait for queued writers to be flushed, then refuse further ``add`` calls."""
+        """Wait for queued writers to be flushed, then refuse further ``add`` calls.
+
+        ``timeout`` is in seconds (``None`` or infinity: no limit; 0: don't wait). Called
+        from a getter, on the drain thread itself, it only refuses further work: waiting
+        there would wait for itself.
+        """
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(
+                    f"timeout must be a number of seconds, not {type(timeout).__name__}"
+                )
+            if not timeout >= 0:
+                raise ValueError(f"timeout must be >= 0, got {timeout}")
+            if timeout >= NO_LIMIT:
+                timeout = None
         with self._lock:
             self._closed = True
+            if threading.get_ident() == self._drainer:
+                return
             if not self._idle.wait_for(lambda: not self._draining, timeout):
                 raise TimeoutError("ShardQueue.close timed out with writes still queued")

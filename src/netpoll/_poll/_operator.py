@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._backend import EVENT_OUT, READ_EVENTS
+from ._backend import EVENT_OUT, EVENT_RDHUP, READ_EVENTS
 
 if TYPE_CHECKING:
     from ._poller import Poller
@@ -22,6 +22,7 @@ class PollEvent(enum.Enum):
     DETACH = "detach"  # unregister
     R2RW = "r2rw"  # add output interest to a readable fd
     RW2R = "rw2r"  # drop output interest
+    HANGUP = "hangup"  # input paused: watch only for a hang-up, reported to ``on_hangup``
 
 
 _MASKS = {
@@ -29,17 +30,28 @@ _MASKS = {
     PollEvent.WRITABLE: EVENT_OUT,
     PollEvent.R2RW: READ_EVENTS | EVENT_OUT,
     PollEvent.RW2R: READ_EVENTS,
+    PollEvent.HANGUP: EVENT_RDHUP,
 }
 
 
 class FDOperator:
-    """Binds ``fd`` to ``handler(events)``, which the poller calls when the fd is ready."""
+    """Binds ``fd`` to ``handler(events)``, which the poller calls when the fd is ready.
 
-    __slots__ = ("_registered", "fd", "handler", "poller")
+    While in the ``HANGUP`` state, events go to ``on_hangup`` instead (if given).
+    """
 
-    def __init__(self, fd: int, handler: Callable[[int], None], poller: Poller) -> None:
+    __slots__ = ("_registered", "fd", "handler", "on_hangup", "poller")
+
+    def __init__(
+        self,
+        fd: int,
+        handler: Callable[[int], None],
+        poller: Poller,
+        on_hangup: Callable[[int], None] | None = None,
+    ) -> None:
         self.fd = fd
         self.handler = handler
+        self.on_hangup = on_hangup
         self.poller = poller
         self._registered = False
 
@@ -57,8 +69,12 @@ class FDOperator:
                 poller.detach(self.fd)
             return
         mask = _MASKS[event]
+        handler = self.handler
+        if event is PollEvent.HANGUP and self.on_hangup is not None:
+            handler = self.on_hangup
         if self._registered:
             poller.modify(self.fd, mask)
+            poller.set_handler(self.fd, handler)
         else:
-            poller.attach(self.fd, mask, self.handler)
+            poller.attach(self.fd, mask, handler)
             self._registered = True

@@ -26,6 +26,7 @@ from ._backend import Backend, new_backend
 __all__ = ["Poller", "Timer", "before_block", "current_poller"]
 
 
+MAX_WAIT: Final = 3600.0  # longest single wait for a timer, in seconds
 MONITOR_INTERVAL: Final = 0.02  # seconds between the monitor's looks at the pollers
 MAX_IDLE_FOLLOWERS: Final = 8
 FOLLOWER_IDLE_EXIT: Final = 30.0  # an idle follower beyond the first exits after this
@@ -141,6 +142,12 @@ class Poller:
     def modify(self, fd: int, events: int) -> None:
         self.backend.modify(fd, events)
 
+    def set_handler(self, fd: int, handler: Callable[[int], None]) -> None:
+        """Send ``fd``'s next events to ``handler`` (an event already taken may still go to
+        the old one)."""
+        if fd in self._handlers:
+            self._handlers[fd] = handler
+
     def detach(self, fd: int) -> None:
         """Stop watching ``fd``; safe if it was already closed."""
         self._handlers.pop(fd, None)
@@ -202,7 +209,9 @@ class Poller:
             heapq.heappop(timers)
         if not timers:
             return -1.0
-        return max(timers[0][0] - time.monotonic(), 0.0)
+        # Capped: epoll and poll reject waits beyond about 24 days (a C int of
+        # milliseconds), and a far timer is simply looked at again after the cap.
+        return min(max(timers[0][0] - time.monotonic(), 0.0), MAX_WAIT)
 
     def _run_timers(self) -> None:
         now = time.monotonic()
