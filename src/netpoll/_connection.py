@@ -139,9 +139,11 @@ class Connection:
         "_connected",
         "_ctx",
         "_disconnect_pending",
+        "_draining",
         "_eof",
         "_eof_handled",
         "_fd",
+        "_held_close",
         "_hooks",
         "_hot",
         "_hup",
@@ -149,6 +151,7 @@ class Connection:
         "_idle_timeout",
         "_idle_timer",
         "_in",
+        "_keep_input",
         "_last",
         "_local_addr",
         "_lock",
@@ -215,6 +218,11 @@ class Connection:
         self._need = 0  # bytes a blocked reader waits for
         self._paused = False  # reading stopped by the read buffer limit
         self._hup = False  # the peer hung up while paused; its last bytes wait in the kernel
+        self._draining = False  # ...and the handler can go no further: read to the end
+        # Close callbacks and the server's notice, held back while a task runs (the order
+        # is on_request... then close callbacks): [callbacks, reason].
+        self._held_close: list[Any] | None = None
+        self._keep_input = False  # closed by the peer with no handler: input stays readable
         self._on_request = on_request
         self._ctx: Any = None
         self._hooks = hooks
@@ -413,7 +421,7 @@ class Connection:
             return False
 
     def _pause_locked(self) -> None:
-        if not self._paused:
+        if not self._paused and not self._draining:
             self._paused = True
             # Input stops (TCP pushes back), but a hang-up still reports (_on_hangup).
             self._op.control(PollEvent.HANGUP)
@@ -421,20 +429,30 @@ class Connection:
     def _on_hangup(self, ev: int) -> None:
         """The peer hung up while reading is paused: inactive from now on.
 
-        What it sent before stays in the kernel until the handler makes room; reading
-        then resumes and meets the end of the stream as usual (on_disconnect, close).
-        Draining it now would break the read limit, closing now would lose it.
+        What it sent before stays in the kernel while a task runs, until the handler makes
+        room (draining it at once would break the read limit); reading then resumes and
+        meets the end of the stream as usual (on_disconnect, close). A handler that is
+        idle cannot make room, so then the rest is read at once (_maybe_resume_locked).
         """
         with self._lock:
             if self._paused and not self._state and not self._eof_handled:
                 self._hup = True
                 self._op.control(PollEvent.DETACH)  # level-triggered: it would repeat
+                self._maybe_resume_locked()  # an idle handler cannot free room: drain
 
     def _maybe_resume_locked(self) -> None:
-        if self._paused and self._in._rlen < max(self._read_limit, self._need):
-            self._paused = False
-            if self._state == _OPEN and not self._eof_handled:
-                self._op.control(PollEvent.READABLE)
+        """Read again once the handler made room, or for good once the peer hung up while
+        the handler, idle, waits for more than fits (what is left is bounded by the
+        kernel's buffer, and nobody else can free room)."""
+        if not self._paused:
+            return
+        if self._in._rlen >= max(self._read_limit, self._need):
+            if not (self._hup and not self._processing and not self._need):
+                return
+            self._draining = True
+        self._paused = False
+        if self._state == _OPEN and not self._eof_handled:
+            self._op.control(PollEvent.READABLE)
 
     def _start_task(self) -> None:
         runner = _config._config.runner
@@ -451,6 +469,7 @@ class Connection:
                 with self._lock:
                     self._processing = False
                 self._close(CLOSE_ERROR)
+                self._closed_notice()
 
     def _connect_task(self, on_connect: Callable[[Any, Connection], Any] | None) -> None:
         """Run ``on_connect`` and then any input that arrived meanwhile."""
@@ -472,14 +491,17 @@ class Connection:
             self._hooks.on_disconnect(self)
         if run:
             self._process()
-        elif eof:
+            return
+        if eof:
             self._close(CLOSE_PEER)
         elif self._hooks is not None and self._hooks.draining:
             self._hooks.on_idle(self)
+        self._closed_notice()
 
     def _process(self, on_pool: bool = False) -> None:
         """The request task: call on_request while unread input remains and it progresses."""
         inb = self._in
+        replaced = False  # a replacement handler got its turn without progress
         while True:
             before = inb._rlen
             received = self._bytes_in
@@ -512,15 +534,27 @@ class Connection:
             lock.acquire()
             try:
                 left = inb._rlen
-                if not self._state and handler is self._on_request:
+                current = self._on_request
+                # == as well as is: a handler that installs itself again as a bound
+                # method installs an equal, not the same, object.
+                if not self._state and (handler is current or handler == current):
                     if left and (left != before or self._bytes_in != received):
                         if slow and current_poller() is not None:
                             # Still processing: the rest of the input is the pool's.
                             slow_pool().submit(self._process, True)
                             return
+                        replaced = False
                         continue
-                elif not self._state and left and self._on_request is not None:
-                    continue  # the handler was replaced: give the new one a turn
+                elif (
+                    not self._state
+                    and left
+                    and current is not None
+                    and ((progress := left != before or self._bytes_in != received) or not replaced)
+                ):
+                    # The handler was replaced: the new one gets a turn, but one only while
+                    # nothing moves (handlers that keep replacing themselves must not spin).
+                    replaced = not progress
+                    continue
                 self._processing = False
                 if self._paused:
                     self._maybe_resume_locked()
@@ -532,6 +566,7 @@ class Connection:
         if closed or eof:
             if closed:
                 self._drop_buffers()
+                self._closed_notice()
             else:
                 self._close(CLOSE_PEER)
         elif self._hooks is not None and self._hooks.draining:
@@ -557,6 +592,7 @@ class Connection:
                 self._hooks.on_handler_error(self, exc)
         self._close(reason)
         self._drop_buffers()
+        self._closed_notice()
 
     # ------------------------------------------------------------------ state
 
@@ -632,6 +668,7 @@ class Connection:
                 return
             self._state = _CLOSED
             self._close_reason = reason
+            self._keep_input = reason == CLOSE_PEER and self._on_request is None
             self._op.control(PollEvent.DETACH)
             if self._wwaiting:
                 try:  # wake the flusher that waits in poll() on this fd
@@ -647,6 +684,9 @@ class Connection:
             timer, self._idle_timer = self._idle_timer, None
             callbacks, self._close_callbacks = self._close_callbacks, None
             busy = self._processing or self._need
+            held = self._processing
+            if held:  # run when the task ends (_closed_notice): after its on_request
+                self._held_close = [callbacks or [], reason]
             hot, self._hot = self._hot, False
         if timer is not None:
             timer.cancel()
@@ -654,6 +694,10 @@ class Connection:
             self._poller.forget_hot(self)  # don't keep a closed connection alive until the sweep
         if not busy:
             self._drop_buffers()
+        if not held:
+            self._notify_closed(callbacks, reason)
+
+    def _notify_closed(self, callbacks: list[CloseCallback] | None, reason: str) -> None:
         for cb in reversed(callbacks or ()):
             try:
                 cb(self)
@@ -662,10 +706,17 @@ class Connection:
         if self._hooks is not None:
             self._hooks.on_closed(self, reason)
 
+    def _closed_notice(self) -> None:
+        """A task ended: run the close callbacks and notice a close during it held back."""
+        with self._lock:
+            held, self._held_close = self._held_close, None
+        if held is not None:
+            self._notify_closed(held[0], held[1])
+
     def _readable_after_close(self) -> bool:
         """A connection closed because the peer ended the stream, with no handler to read
         its last bytes: they stay readable until ``close()``, then reads say PeerClosed."""
-        return self._close_reason == CLOSE_PEER and self._on_request is None
+        return self._close_reason == CLOSE_PEER and self._keep_input
 
     def _drop_buffers(self) -> None:
         """Return the input buffer's memory once nobody can be using it."""
@@ -689,6 +740,9 @@ class Connection:
                 else:
                     self._close_callbacks.append(fn)
                 return
+            if self._held_close is not None:  # closed while a task runs: with the others
+                self._held_close[0].append(fn)
+                return
         fn(self)  # already closed: run it now, still exactly once
 
     def set_on_request(self, fn: OnRequest | None) -> None:
@@ -702,7 +756,7 @@ class Connection:
                 and not self._processing
                 and self._connected
                 and self._in._rlen > 0
-                and self._state == _OPEN
+                and (self._state == _OPEN or self._readable_after_close())
             )
             if start:
                 self._processing = True

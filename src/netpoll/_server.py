@@ -247,6 +247,7 @@ class EventLoop:
                 self._hooks.on_handler_error(conn, exc)
                 conn._processing = False
                 conn._close(C.CLOSE_HANDLER)
+                conn._closed_notice()
                 return
         if self._idle_timeout:
             conn.set_idle_timeout(self._idle_timeout)
@@ -323,7 +324,9 @@ class EventLoop:
             if start:
                 conn._processing = True
         if start:
-            conn._start_task()
+            # On the connection's poller, not here: shutdown() must not run handlers on
+            # its caller's thread, nor let one outlast its timeout.
+            conn.poller.call_later(0, conn._start_task)
         else:
             conn._close(C.CLOSE_SHUTDOWN)
 
