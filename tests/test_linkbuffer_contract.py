@@ -5,8 +5,10 @@ views that outlive their buffer."""
 from __future__ import annotations
 
 import gc
+import io
 import socket
 import tracemalloc
+from typing import Any
 
 import pytest
 
@@ -186,3 +188,54 @@ def test_view_derived_from_a_malloc_view_keeps_its_block_out_of_the_pool() -> No
     derived[:] = b"XXXX"
     for b in others:
         assert b.read_binary(16) == b"B" * 16
+
+
+@pytest.mark.timeout(15)
+def test_closed_buffer_refuses_every_writer_call() -> None:
+    """close(): further use raises, malloc_ack(0), get_bytes() and appending a closed
+    buffer included (they used to do nothing)."""
+    lb = LinkBuffer()
+    lb.close()
+    with pytest.raises(ValueError, match="closed"):
+        lb.malloc_ack(0)
+    with pytest.raises(ValueError, match="closed"):
+        lb.get_bytes()
+    with pytest.raises(ValueError, match="w is closed"):
+        LinkBuffer().append(lb)
+
+
+class _RawSink(io.RawIOBase):
+    """A non-blocking raw stream: takes ``room`` bytes, then would block (None)."""
+
+    def __init__(self, room: int, full: int | None) -> None:
+        self.room = room
+        self.full = full  # what write() returns when full: None (would block) or 0
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int | None:  # type: ignore[override]
+        if not self.room:
+            return self.full
+        k = min(self.room, len(b))
+        self.data += bytes(b[:k])
+        self.room -= k
+        return k
+
+
+@pytest.mark.timeout(15)
+@pytest.mark.parametrize("full", [None, 0])
+def test_stream_writer_keeps_what_a_full_raw_stream_did_not_take(full: int | None) -> None:
+    """new_writer over a non-blocking raw stream that is full: flush raises
+    BlockingIOError instead of dropping the rest (None) or spinning (0), and the rest
+    goes out on a later flush."""
+    sink = _RawSink(5, full)
+    w = netpoll.new_writer(sink)
+    w.write_binary(b"0123456789")
+    with pytest.raises(BlockingIOError):
+        w.flush()
+    assert bytes(sink.data) == b"01234"
+    sink.room = 100
+    w.flush()
+    assert bytes(sink.data) == b"0123456789"

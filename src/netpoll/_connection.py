@@ -66,6 +66,10 @@ CLOSE_READ_TIMEOUT: Final = "read_timeout"
 CLOSE_WRITE_TIMEOUT: Final = "write_timeout"
 CLOSE_IDLE_TIMEOUT: Final = "idle_timeout"
 CLOSE_SHUTDOWN: Final = "shutdown"
+_PEER_KEPT: Final = "peer, input kept"  # CLOSE_PEER with the last bytes left readable
+
+_HUNG_UP: Final = 1  # values of Connection._hup
+_DRAIN: Final = 2
 
 
 def _timeout_value(t: float | None, name: str) -> float:
@@ -139,7 +143,6 @@ class Connection:
         "_connected",
         "_ctx",
         "_disconnect_pending",
-        "_draining",
         "_eof",
         "_eof_handled",
         "_fd",
@@ -151,7 +154,6 @@ class Connection:
         "_idle_timeout",
         "_idle_timer",
         "_in",
-        "_keep_input",
         "_last",
         "_local_addr",
         "_lock",
@@ -217,12 +219,12 @@ class Connection:
         self._suspect = False  # took part in a slow batch: time the next handler run
         self._need = 0  # bytes a blocked reader waits for
         self._paused = False  # reading stopped by the read buffer limit
-        self._hup = False  # the peer hung up while paused; its last bytes wait in the kernel
-        self._draining = False  # ...and the handler can go no further: read to the end
+        # The peer hung up while reading was paused (_HUNG_UP): its last bytes wait in the
+        # kernel; _DRAIN once the handler can go no further either: read to the end.
+        self._hup = 0
         # Close callbacks and the server's notice, held back while a task runs (the order
         # is on_request... then close callbacks): [callbacks, reason].
         self._held_close: list[Any] | None = None
-        self._keep_input = False  # closed by the peer with no handler: input stays readable
         self._on_request = on_request
         self._ctx: Any = None
         self._hooks = hooks
@@ -254,7 +256,7 @@ class Connection:
             except OSError:
                 remote_addr = None
         self._remote_addr: Any = remote_addr
-        self._op = FDOperator(self._fd, self._on_event, poller, self._on_hangup)
+        self._op = FDOperator(self._fd, self._on_event, poller)
         if idle_timeout:
             self.set_idle_timeout(idle_timeout)
 
@@ -421,10 +423,11 @@ class Connection:
             return False
 
     def _pause_locked(self) -> None:
-        if not self._paused and not self._draining:
+        if not self._paused and self._hup != _DRAIN:
             self._paused = True
-            # Input stops (TCP pushes back), but a hang-up still reports (_on_hangup).
-            self._op.control(PollEvent.HANGUP)
+            # Input stops (TCP pushes back), but a hang-up still reports (_on_hangup). The
+            # bound method is made here: idle connections should not each hold one.
+            self._op.control(PollEvent.HANGUP, self._on_hangup)
 
     def _on_hangup(self, ev: int) -> None:
         """The peer hung up while reading is paused: inactive from now on.
@@ -436,7 +439,7 @@ class Connection:
         """
         with self._lock:
             if self._paused and not self._state and not self._eof_handled:
-                self._hup = True
+                self._hup = _HUNG_UP
                 self._op.control(PollEvent.DETACH)  # level-triggered: it would repeat
                 self._maybe_resume_locked()  # an idle handler cannot free room: drain
 
@@ -449,7 +452,7 @@ class Connection:
         if self._in._rlen >= max(self._read_limit, self._need):
             if not (self._hup and not self._processing and not self._need):
                 return
-            self._draining = True
+            self._hup = _DRAIN
         self._paused = False
         if self._state == _OPEN and not self._eof_handled:
             self._op.control(PollEvent.READABLE)
@@ -661,14 +664,16 @@ class Connection:
     def _close(self, reason: str) -> None:
         with self._lock:
             if self._state == _CLOSED:
-                if reason == CLOSE_USER and self._close_reason == CLOSE_PEER:
+                if reason == CLOSE_USER and self._close_reason in (CLOSE_PEER, _PEER_KEPT):
                     self._close_reason = CLOSE_USER  # buffered input is dropped now
                     if not self._processing and not self._need:
                         self._in.close()
                 return
             self._state = _CLOSED
-            self._close_reason = reason
-            self._keep_input = reason == CLOSE_PEER and self._on_request is None
+            # Closed by the peer with no handler to read its last bytes: they stay
+            # readable (a reason of its own, so a handler set later changes nothing).
+            keep = reason == CLOSE_PEER and self._on_request is None
+            self._close_reason = _PEER_KEPT if keep else reason
             self._op.control(PollEvent.DETACH)
             if self._wwaiting:
                 try:  # wake the flusher that waits in poll() on this fd
@@ -716,7 +721,7 @@ class Connection:
     def _readable_after_close(self) -> bool:
         """A connection closed because the peer ended the stream, with no handler to read
         its last bytes: they stay readable until ``close()``, then reads say PeerClosed."""
-        return self._close_reason == CLOSE_PEER and self._keep_input
+        return self._close_reason == _PEER_KEPT
 
     def _drop_buffers(self) -> None:
         """Return the input buffer's memory once nobody can be using it."""

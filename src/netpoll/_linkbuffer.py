@@ -245,7 +245,6 @@ class LinkBuffer:
         "_peeked",
         "_rlen",
         "_side",
-        "_size",
         "_views",
         "_wlen",
     )
@@ -257,8 +256,7 @@ class LinkBuffer:
             _check_size(size, "size")
             if size == 0:
                 raise ValueError("size must be > 0")
-        self._size: int = size
-        self._cls = _size_class(size)
+        self._cls = _size_class(size)  # nodes hold this much (no size is kept: memory)
         self._nodes: list[_Node] = []
         self._hi = 0  # index of the node the next read starts in
         self._rlen = 0  # readable (flushed, unread) bytes
@@ -587,7 +585,7 @@ class LinkBuffer:
         _check_size(n)
         self._check_read(n)
         self.release()
-        out = LinkBuffer(self._size)
+        out = LinkBuffer(self._cls)
         if n == 0:
             return out
         nodes = self._nodes
@@ -666,7 +664,7 @@ class LinkBuffer:
             tail = nodes[-1]
             if tail.cap - tail.w >= n:
                 return tail
-        node = POOL.take(self._cls if n <= self._size else _size_class(n))
+        node = POOL.take(self._cls if n <= self._cls else _size_class(n))
         nodes.append(node)
         return node
 
@@ -699,6 +697,8 @@ class LinkBuffer:
     def malloc_ack(self, n: int) -> None:
         """Keep the first ``n`` unflushed bytes and drop the rest."""
         _check_size(n)
+        if self._closed:
+            raise ValueError("LinkBuffer is closed")
         if n > self._wlen:
             raise ValueError(f"n={n} exceeds the {self._wlen} bytes allocated since the last flush")
         drop = self._wlen - n
@@ -832,6 +832,8 @@ class LinkBuffer:
             raise ValueError("cannot append a LinkBuffer to itself")
         if self._closed:
             raise ValueError("LinkBuffer is closed")
+        if w._closed:
+            raise ValueError("w is closed")
         n = w._rlen + w._wlen
         if n == 0:
             return
@@ -908,6 +910,8 @@ class LinkBuffer:
 
     def get_bytes(self) -> list[memoryview]:
         """Readable data as a list of views (for ``sendmsg``), valid until ``release()``."""
+        if self._closed:
+            raise ValueError("LinkBuffer is closed")
         views = self._readable_views(limit=0, hand_out=True)
         for v in views:
             self._track(v)

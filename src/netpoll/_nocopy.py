@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
@@ -219,7 +220,16 @@ class _StreamWriter:
         while len(buf):
             for view in buf.send_views():
                 sent = self._put(view)
-                n = len(view) if sent is None else sent
+                if sent is None:
+                    # A raw stream returns None when it would block; other objects whose
+                    # write() returns nothing took it all.
+                    n = 0 if isinstance(self._dst, io.RawIOBase) else len(view)
+                else:
+                    n = sent
+                if n <= 0:  # nothing taken: stop rather than spin, the data stays queued
+                    raise BlockingIOError(
+                        errno.EAGAIN, f"{type(self._dst).__name__} took no bytes; flush again"
+                    )
                 buf.consume_sent(n)
                 if n < len(view):
                     break

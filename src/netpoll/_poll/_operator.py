@@ -22,7 +22,7 @@ class PollEvent(enum.Enum):
     DETACH = "detach"  # unregister
     R2RW = "r2rw"  # add output interest to a readable fd
     RW2R = "rw2r"  # drop output interest
-    HANGUP = "hangup"  # input paused: watch only for a hang-up, reported to ``on_hangup``
+    HANGUP = "hangup"  # input paused: watch only for a hang-up (a handler of its own)
 
 
 _MASKS = {
@@ -35,23 +35,13 @@ _MASKS = {
 
 
 class FDOperator:
-    """Binds ``fd`` to ``handler(events)``, which the poller calls when the fd is ready.
+    """Binds ``fd`` to ``handler(events)``, which the poller calls when the fd is ready."""
 
-    While in the ``HANGUP`` state, events go to ``on_hangup`` instead (if given).
-    """
+    __slots__ = ("_registered", "fd", "handler", "poller")
 
-    __slots__ = ("_registered", "fd", "handler", "on_hangup", "poller")
-
-    def __init__(
-        self,
-        fd: int,
-        handler: Callable[[int], None],
-        poller: Poller,
-        on_hangup: Callable[[int], None] | None = None,
-    ) -> None:
+    def __init__(self, fd: int, handler: Callable[[int], None], poller: Poller) -> None:
         self.fd = fd
         self.handler = handler
-        self.on_hangup = on_hangup
         self.poller = poller
         self._registered = False
 
@@ -60,8 +50,12 @@ class FDOperator:
         """True while the fd is in the poller's interest set."""
         return self._registered
 
-    def control(self, event: PollEvent) -> None:
-        """Apply one registration change; DETACH of an unregistered fd is a no-op."""
+    def control(self, event: PollEvent, handler: Callable[[int], None] | None = None) -> None:
+        """Apply one registration change; DETACH of an unregistered fd is a no-op.
+
+        ``handler`` takes the fd's events from now on instead of the bound one (for
+        HANGUP: a paused reader's own hang-up handler); any other change restores it.
+        """
         poller = self.poller
         if event is PollEvent.DETACH:
             if self._registered:
@@ -69,9 +63,8 @@ class FDOperator:
                 poller.detach(self.fd)
             return
         mask = _MASKS[event]
-        handler = self.handler
-        if event is PollEvent.HANGUP and self.on_hangup is not None:
-            handler = self.on_hangup
+        if handler is None:
+            handler = self.handler
         if self._registered:
             poller.modify(self.fd, mask)
             poller.set_handler(self.fd, handler)
