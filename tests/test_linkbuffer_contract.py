@@ -147,6 +147,18 @@ def test_repeated_cross_node_peeks_reuse_one_block() -> None:
         bytes(views[-1])
 
 
+def _buffers_of_b() -> list[LinkBuffer]:
+    """Eight fresh buffers holding 16 bytes of b"B": they take whatever blocks the pool
+    has, the closed buffer's included if it was (wrongly) handed back."""
+    out = []
+    for _ in range(8):
+        b = LinkBuffer()
+        b.write_binary(b"B" * 16)
+        b.flush()
+        out.append(b)
+    return out
+
+
 @pytest.mark.timeout(15)
 @pytest.mark.parametrize("end", ["flush", "close"])
 def test_malloc_view_dies_at_flush_and_close(end: str) -> None:
@@ -160,12 +172,7 @@ def test_malloc_view_dies_at_flush_and_close(end: str) -> None:
         assert a.read_binary(16) == b"S" * 16
         a.release()
     a.close()
-    others = []
-    for _ in range(8):
-        b = LinkBuffer()
-        b.write_binary(b"B" * 16)
-        b.flush()
-        others.append(b)
+    others = _buffers_of_b()
     with pytest.raises(ValueError):
         stale[:] = b"X" * 16
     for b in others:
@@ -179,12 +186,7 @@ def test_view_derived_from_a_malloc_view_keeps_its_block_out_of_the_pool() -> No
     a = LinkBuffer()
     derived = a.malloc(16)[2:6]
     a.close()
-    others = []
-    for _ in range(8):
-        b = LinkBuffer()
-        b.write_binary(b"B" * 16)
-        b.flush()
-        others.append(b)
+    others = _buffers_of_b()
     derived[:] = b"XXXX"
     for b in others:
         assert b.read_binary(16) == b"B" * 16

@@ -683,11 +683,9 @@ class LinkBuffer:
         # from it keeps the block out of the pool (see _unwatched), so a stale malloc view
         # can never write into memory another buffer has since been given.
         v = _hand_out(tail)[w : w + n]
-        mallocs = self._mallocs
-        if mallocs is None:
-            self._mallocs = [v]
-        else:
-            mallocs.append(v)
+        if self._mallocs is None:
+            self._mallocs = []
+        self._mallocs.append(v)
         return v
 
     def malloc_len(self) -> int:
