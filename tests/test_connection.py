@@ -298,8 +298,10 @@ def _read_ops(conn: netpoll.Connection) -> dict[str, Callable[[], Any]]:
         "slice": lambda: conn.slice(1),
         "release": lambda: conn.release(),
         "read": lambda: conn.read(1),
+        "read_zero": lambda: conn.read(0),
         "read_all": lambda: conn.read(),
         "readinto": lambda: conn.readinto(bytearray(4)),
+        "readinto_empty": lambda: conn.readinto(bytearray(0)),
         "reader.next": lambda: conn.reader.next(1),
     }
 
@@ -381,10 +383,13 @@ def test_blocked_read_raises_when_closed_locally(plain: PlainServer) -> None:
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     assert started.wait(IO_TIMEOUT)
+    assert wait_until(lambda: conn._need == 10)  # the reader is waiting
     conn.close()
     t.join(IO_TIMEOUT)
     assert not t.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], netpoll.ConnectionClosedError)
+    # close() left the input buffer to the waiting reader; it handed the blocks back.
+    assert conn._in.closed
 
 
 # --------------------------------------------------------------------------- addresses

@@ -4,6 +4,7 @@ paused, handlers that replace themselves, and responses buffered before a peer c
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -330,3 +331,77 @@ def test_set_on_request_after_peer_close_still_delivers_buffered_response() -> N
         )
     finally:
         conn.close()
+
+
+@pytest.mark.timeout(15)
+def test_shutdown_racing_the_start_of_serve_leaves_nothing_accepting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A shutdown() that lands while serve() is still setting up makes serve() return
+    without leaving its listener registered: nothing is accepted afterwards."""
+    import netpoll._server as server_module
+
+    loop = netpoll.EventLoop(echo_handler)
+    listener = netpoll.create_listener("tcp", "127.0.0.1:0")
+    real_manager = server_module.manager
+    picking = threading.Event()
+    gate = threading.Event()
+
+    class _SlowManager:
+        def pick(self, addr: Any) -> Any:
+            picking.set()
+            gate.wait(IO_TIMEOUT)  # serve() is between marking itself and registering
+            return real_manager().pick(addr)
+
+    monkeypatch.setattr(server_module, "manager", lambda: _SlowManager())
+    served = threading.Event()
+
+    def run() -> None:
+        try:
+            loop.serve(listener)
+        finally:
+            served.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        assert picking.wait(IO_TIMEOUT)
+        loop.shutdown(IO_TIMEOUT)  # lands in the window
+        gate.set()
+        assert served.wait(IO_TIMEOUT), "serve() did not return after shutdown()"
+        monkeypatch.undo()
+        with socket.create_connection(listener.addr, timeout=0.5) as c:
+            c.sendall(b"ping")  # the kernel's backlog takes it; nobody may accept it
+            with pytest.raises(TimeoutError):
+                c.recv(4)  # a bounded wait: an answer would mean it was accepted
+        assert loop.stats().connections_accepted == 0
+    finally:
+        gate.set()
+        listener.close()
+
+
+@pytest.mark.timeout(15)
+def test_shutdown_with_zero_timeout_does_not_wait(serve: ServeFactory) -> None:
+    """shutdown(0) does not wait: with a handler still busy it raises TimeoutError at
+    once (None or infinity wait as long as it takes)."""
+    in_handler = threading.Event()
+    release = threading.Event()
+
+    def on_request(ctx: Any, conn: netpoll.Connection) -> None:
+        in_handler.set()
+        release.wait(10)
+        conn.skip(len(conn))
+        conn.release()
+
+    srv = serve(on_request)
+    c = srv.connect()
+    c.sendall(b"req")
+    assert in_handler.wait(IO_TIMEOUT)
+    srv.stopped = True  # teardown: this test shuts the loop down itself
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            srv.loop.shutdown(0)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        release.set()
+    srv.loop.shutdown(math.inf)  # the handler returned: drains now

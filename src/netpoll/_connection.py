@@ -857,6 +857,10 @@ class Connection:
         deadline = time.monotonic() + timeout if timeout else 0.0
         while inb._rlen < n:
             if self._state != _OPEN and not self._readable_after_close():
+                if not self._processing:
+                    # Closed while this reader waited: close() left the buffer to it (a
+                    # reader might still be using it); hand its blocks back now.
+                    inb.close()
                 raise ConnectionClosedError("connection is closed")
             if self._eof:
                 raise PeerClosedError(
@@ -1041,6 +1045,8 @@ class Connection:
         if type(n) is not int:
             raise TypeError(f"n must be an int, not {type(n).__name__}")
         if n == 0:
+            with self._lock:
+                self._check_readable_locked()  # a closed connection raises, even for 0
             return b""
         with self._lock:
             self._check_readable_locked()
@@ -1061,6 +1067,8 @@ class Connection:
         """Copying read into a writable buffer; 0 at the end of the stream."""
         out = memoryview(b).cast("B")
         if not len(out):
+            with self._lock:
+                self._check_readable_locked()  # a closed connection raises, even for 0
             return 0
         with self._lock:
             self._check_readable_locked()

@@ -158,10 +158,16 @@ class EventLoop:
         try:
             lsock.setblocking(False)
             poller = manager().pick(None)
-            self._lsock = lsock
-            self._lpoller = poller
-            self._lop = FDOperator(lsock.fileno(), self._on_acceptable, poller)
-            self._lop.control(PollEvent.READABLE)
+            # Registered under the lock that shutdown() takes to begin draining: a
+            # shutdown that came first leaves the listener alone, one that comes later
+            # finds it and stops it. (Unlocked, a shutdown in between found nothing to
+            # stop and serve() then returned with the listener still accepting.)
+            with self._lock:
+                if not self._hooks.draining:
+                    self._lsock = lsock
+                    self._lpoller = poller
+                    self._lop = FDOperator(lsock.fileno(), self._on_acceptable, poller)
+                    self._lop.control(PollEvent.READABLE)
             self._stopped.wait()
             if self._fatal is not None:
                 raise self._fatal
@@ -290,17 +296,24 @@ class EventLoop:
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, close idle connections now, wait for busy ones, then return.
 
-        Raises TimeoutError if some connections are still busy after ``timeout`` seconds;
-        those are left running, not force-closed. ``serve`` returns either way.
+        Raises TimeoutError if some connections are still busy after ``timeout`` seconds
+        (``None`` or infinity: no limit; 0: don't wait); those are left running, not
+        force-closed. ``serve`` returns either way.
         """
-        limit = _timeout_value(timeout, "timeout")
-        self._hooks.draining = True
+        limit: float | None = None
+        if timeout is not None:
+            seconds = _timeout_value(timeout, "timeout")  # checks it; 0 there means none
+            if timeout < C.NO_LIMIT:
+                limit = seconds  # here 0 means: don't wait
+
+        with self._lock:  # see serve(): ordered against the listener's registration
+            self._hooks.draining = True
         self._stop_accepting()
         with self._lock:
             conns = list(self._conns)
         for conn in conns:
             self._close_if_idle(conn)
-        deadline = time.monotonic() + limit if limit else None
+        deadline = None if limit is None else time.monotonic() + limit
         try:
             with self._lock:
                 while self._conns:
