@@ -8,12 +8,13 @@ import math
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import netpoll
-from conftest import IO_TIMEOUT, ServeFactory, echo_handler, wait_until
+from conftest import IO_TIMEOUT, ServeFactory, ServerHandle, echo_handler, wait_until
 
 # --------------------------------------------------------------------------- dialed, two threads
 
@@ -84,6 +85,18 @@ def test_dialed_connection_one_thread_reads_one_thread_writes(serve: ServeFactor
 # --------------------------------------------------------------------------- shutdown
 
 
+def _serve_one_request(
+    serve: ServeFactory,
+    on_request: Callable[[Any, netpoll.Connection], Any],
+    ready: threading.Event,
+) -> ServerHandle:
+    """Serve ``on_request``, send it one request, and wait until its handler sets ``ready``."""
+    srv = serve(on_request)
+    srv.connect().sendall(b"request")
+    assert ready.wait(IO_TIMEOUT)
+    return srv
+
+
 @pytest.mark.timeout(15)
 def test_shutdown_timeout_is_honoured_with_unconsumed_input(serve: ServeFactory) -> None:
     """API.md: shutdown(timeout) raises TimeoutError when some connections are still busy
@@ -107,10 +120,7 @@ def test_shutdown_timeout_is_honoured_with_unconsumed_input(serve: ServeFactory)
         conn.skip(len(conn))
         conn.release()
 
-    srv = serve(on_request)
-    c = srv.connect()
-    c.sendall(b"request")
-    assert first.wait(IO_TIMEOUT)
+    srv = _serve_one_request(serve, on_request, first)
     outcome: list[Any] = []
     returned = threading.Event()
 
@@ -392,10 +402,7 @@ def test_shutdown_with_zero_timeout_does_not_wait(serve: ServeFactory) -> None:
         conn.skip(len(conn))
         conn.release()
 
-    srv = serve(on_request)
-    c = srv.connect()
-    c.sendall(b"req")
-    assert in_handler.wait(IO_TIMEOUT)
+    srv = _serve_one_request(serve, on_request, in_handler)
     srv.stopped = True  # teardown: this test shuts the loop down itself
     try:
         t0 = time.monotonic()
