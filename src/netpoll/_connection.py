@@ -90,6 +90,15 @@ NO_LIMIT: Final = 1e9  # seconds; a timeout this long or longer is no timeout
 _MAX_KEEPALIVE: Final = 32767  # the kernel's limit for TCP_KEEPIDLE and TCP_KEEPINTVL
 
 
+def _wait_limit(t: float | None, name: str) -> float | None:
+    """Seconds a wait may last: ``None`` for no limit (``None``, infinity, ``NO_LIMIT``
+    up), 0 for not waiting at all (where ``_timeout_value`` reads 0 as no limit)."""
+    if t is None:
+        return None
+    seconds = _timeout_value(t, name)  # checks t
+    return None if t >= NO_LIMIT else seconds
+
+
 def _keepalive_seconds(t: float, name: str) -> int:
     """Whole seconds for a keepalive option, 1 to the kernel's limit (infinity: the limit)."""
     value = _timeout_value(t, name)
@@ -849,8 +858,7 @@ class Connection:
     def _ensure_locked(self, n: int) -> None:
         """Wait, lock held, until ``n`` bytes are buffered; raise on timeout or close."""
         inb = self._in
-        if self._state != _OPEN and not self._readable_after_close():
-            raise ConnectionClosedError("connection is closed")
+        self._check_readable_locked()
         if inb._rlen >= n:
             return
         timeout = self._read_timeout
@@ -1044,12 +1052,10 @@ class Connection:
         """
         if type(n) is not int:
             raise TypeError(f"n must be an int, not {type(n).__name__}")
-        if n == 0:
-            with self._lock:
-                self._check_readable_locked()  # a closed connection raises, even for 0
-            return b""
         with self._lock:
-            self._check_readable_locked()
+            self._check_readable_locked()  # a closed connection raises, even for n == 0
+            if n == 0:
+                return b""
             inb = self._in
             if not inb._rlen:
                 try:
@@ -1066,12 +1072,10 @@ class Connection:
     def readinto(self, b: Any) -> int:
         """Copying read into a writable buffer; 0 at the end of the stream."""
         out = memoryview(b).cast("B")
-        if not len(out):
-            with self._lock:
-                self._check_readable_locked()  # a closed connection raises, even for 0
-            return 0
         with self._lock:
-            self._check_readable_locked()
+            self._check_readable_locked()  # a closed connection raises, even for len(b) 0
+            if not len(out):
+                return 0
             inb = self._in
             if not inb._rlen:
                 try:

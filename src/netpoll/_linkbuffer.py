@@ -881,10 +881,7 @@ class LinkBuffer:
             raise ValueError("LinkBuffer is closed")
         if self._mutable_refs:
             self._own_borrowed()
-        if self._mallocs:
-            _revoke(self._mallocs)
-        self._rlen += self._wlen
-        self._wlen = 0
+        self._publish()
 
     def _publish(self) -> None:
         """``flush`` for a sender that sends before returning: borrowed data stays borrowed."""

@@ -13,7 +13,14 @@ from typing import Any, Final
 from . import _config
 from . import _connection as C
 from ._config import log as _log
-from ._connection import Connection, OnRequest, _check_read_limit, _Hooks, _timeout_value
+from ._connection import (
+    Connection,
+    OnRequest,
+    _check_read_limit,
+    _Hooks,
+    _timeout_value,
+    _wait_limit,
+)
 from ._listener import Listener
 from ._poll._manager import manager
 from ._poll._operator import FDOperator, PollEvent
@@ -300,12 +307,7 @@ class EventLoop:
         (``None`` or infinity: no limit; 0: don't wait); those are left running, not
         force-closed. ``serve`` returns either way.
         """
-        limit: float | None = None
-        if timeout is not None:
-            seconds = _timeout_value(timeout, "timeout")  # checks it; 0 there means none
-            if timeout < C.NO_LIMIT:
-                limit = seconds  # here 0 means: don't wait
-
+        limit = _wait_limit(timeout, "timeout")
         with self._lock:  # see serve(): ordered against the listener's registration
             self._hooks.draining = True
         self._stop_accepting()

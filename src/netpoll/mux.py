@@ -10,7 +10,7 @@ from typing import Any
 
 from . import _config
 from ._config import log as _log
-from ._connection import NO_LIMIT
+from ._connection import _wait_limit
 from ._errors import ConnectionClosedError
 from ._nocopy import Writer
 
@@ -144,15 +144,7 @@ class ShardQueue:
         from a getter, on the drain thread itself, it only refuses further work: waiting
         there would wait for itself.
         """
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(
-                    f"timeout must be a number of seconds, not {type(timeout).__name__}"
-                )
-            if not timeout >= 0:
-                raise ValueError(f"timeout must be >= 0, got {timeout}")
-            if timeout >= NO_LIMIT:
-                timeout = None
+        timeout = _wait_limit(timeout, "timeout")
         with self._lock:
             self._closed = True
             if threading.get_ident() == self._drainer:
