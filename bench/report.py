@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 BASELINE = "uvloop-protocol"
 FALLBACK_BASELINES = ("asyncio-protocol",)
@@ -248,7 +248,7 @@ def fmt_us(v: float | None) -> str:
 
 
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
-    """Rows of (case, contender, value, min-max, p50, p99, vs baseline, cpu)."""
+    """Rows of (case, contender, value, min-max, p50, p99, vs baseline, cpu srv, cpu load)."""
     baseline = baseline_of(results)
     rows: list[list[str]] = []
     for case in results["cases"]:
@@ -265,21 +265,18 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             memory = s["metric"] == "bytes_per_conn"
             fmt = fmt_bytes if memory else fmt_rate
             r = ratio(case, contender, baseline)
-            cpu = ""
-            if s.get("server_cpu") is not None:
-                cpu = f"{s['server_cpu']:.2f}"
-                if s.get("load_cpu") is not None:
-                    cpu += f"/{s['load_cpu']:.2f}"
+            srv_cpu, load_cpu = s.get("server_cpu"), s.get("load_cpu")
             rows.append(
                 [
                     label,
                     contender,
                     fmt(s["median"]) + ("/conn" if memory else "/s"),
-                    f"{fmt(s['min'])}-{fmt(s['max'])}" if s["runs"] > 1 else "",
-                    fmt_us(s.get("p50_us")) if not memory else "",
-                    fmt_us(s.get("p99_us")) if not memory else "",
-                    f"{r:.2f}x" if r is not None else "",
-                    cpu,
+                    f"{fmt(s['min'])}-{fmt(s['max'])}" if s["runs"] > 1 else "(1 run)",
+                    fmt_us(s.get("p50_us")) if not memory else "-",
+                    fmt_us(s.get("p99_us")) if not memory else "-",
+                    f"{r:.2f}x" if r is not None else "-",
+                    "-" if srv_cpu is None else f"{srv_cpu:.2f}",
+                    "-" if load_cpu is None else f"{load_cpu:.2f}",
                 ]
             )
     return rows
@@ -295,8 +292,17 @@ def table_header(results: dict[str, Any]) -> list[str]:
         "p50",
         "p99",
         f"vs {baseline}",
-        "cpu srv/load",
+        "cpu srv",
+        "cpu load",
     ]
+
+
+CPU_LEGEND: Final = (
+    "`cpu srv` is the share of its core the server used during the measured run and "
+    "`cpu load` the load generator's (measured for the C load generator only; `-` for "
+    "wrk and redis-benchmark): the server's should be near 1.00 and the load "
+    "generator's below it, or the load generator was the bottleneck."
+)
 
 
 def format_terminal_table(results: dict[str, Any]) -> str:
@@ -306,7 +312,7 @@ def format_terminal_table(results: dict[str, Any]) -> str:
     for row in rows:
         for i, cell in enumerate(row[: 2 if len(row) == 4 else len(header)]):
             widths[i] = max(widths[i], len(cell))
-    right = {2, 3, 4, 5, 6, 7}
+    right = {2, 3, 4, 5, 6, 7, 8}
 
     def line(cells: list[str]) -> str:
         if len(cells) == 4 and cells[2] in ("failed", "-"):  # an error row
@@ -333,7 +339,7 @@ def format_markdown_table(results: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in table_rows(results):
         if len(row) == 4:
-            row = [row[0], row[1], row[2], row[3].replace("|", "/"), "", "", "", ""]
+            row = [row[0], row[1], row[2], row[3].replace("|", "/"), "", "", "", "", ""]
         cells = [row[0] and f"**{row[0]}**", *row[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -498,10 +504,8 @@ def format_docs(results: dict[str, Any], chart_name: str | None) -> str:
         "",
         f"Throughput is the median of the runs, with the lowest and highest run beside it; "
         f"p50 and p99 are medians of the runs' latency percentiles; `vs {baseline}` divides "
-        "by that contender's median (for memory, lower is better). `cpu srv/load` is the "
-        "share of its core the server used during the measured run, and the load "
-        "generator's own share (C load generator only): the server's should be near 1.00 "
-        "and the load generator's below it, or the load generator was the bottleneck.",
+        "by that contender's median (for memory, lower is better). "
+        + CPU_LEGEND,
         "",
     ]
     note = saturation_note(results)
@@ -634,6 +638,7 @@ def print_summary(results: dict[str, Any], stream: Any = None) -> None:
         file=stream,
     )
     print(format_terminal_table(results), file=stream)
+    print("\n" + CPU_LEGEND.replace("`", ""), file=stream)
     for extra in (format_headline(results), saturation_note(results)):
         if extra:
             print("\n" + extra, file=stream)

@@ -1,7 +1,9 @@
 """TCP proxy: each client connection dials its upstream in on_connect and relays bytes.
 
 Upstream responses are pushed back through the upstream connection's own handler, so
-neither direction blocks a poller.
+neither direction blocks a poller. A client that ends its stream (a half-close, as
+``shutdown(SHUT_WR)`` or ``nc -N`` do) has it forwarded upstream after its last bytes,
+and still gets the whole reply.
 
 Run: python examples/proxy.py LISTEN_PORT UPSTREAM_PORT
 """
@@ -27,6 +29,9 @@ def make_proxy(upstream_addr: str) -> netpoll.EventLoop:
         # Each side closing closes the other.
         upstream.add_close_callback(lambda _c: client.close())
         client.add_close_callback(lambda _c: upstream.close())
+        # The client's end of stream goes upstream once its last bytes were relayed;
+        # the client connection stays open for the reply (closed with the upstream).
+        client.set_on_eof(lambda _c: upstream.close_write())
         upstream.set_on_request(lambda _ctx, up: relay(up, client))
         return upstream  # becomes ctx for on_request
 

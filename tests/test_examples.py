@@ -100,3 +100,21 @@ def test_proxy_relays_both_ways_and_closes_together(echo_addr: Any) -> None:
     finally:
         loop.shutdown(5)
         thread.join(5)
+
+
+def test_proxy_forwards_a_half_close_and_relays_the_reply(echo_addr: Any) -> None:
+    """The client sends, then ends its stream: the proxy forwards the end of stream after
+    the last byte, the echo server answers everything and closes, and the client reads
+    the whole echo and then the end of stream."""
+    loop = proxy.make_proxy(f"127.0.0.1:{echo_addr[1]}")
+    addr, thread = _serve(loop)
+    try:
+        data = bytes(range(256)) * 400
+        with socket.create_connection(addr, timeout=5) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            assert _recv_exactly(s, len(data)) == data
+            assert s.recv(1) == b""  # the upstream closed after its reply: so does the proxy
+    finally:
+        loop.shutdown(5)
+        thread.join(5)

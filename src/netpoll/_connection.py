@@ -37,7 +37,7 @@ from ._linkbuffer import (
 from ._nocopy import Reader, Writer, until_filling, writer_buffer
 from ._poll._operator import FDOperator, PollEvent
 from ._poll._poller import Poller, Timer, before_block, current_poller
-from ._runner import slow_pool
+from ._runner import SLOW_POOL, input_wait_begin, input_wait_end
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -55,6 +55,17 @@ DEFAULT_READ_BUFFER_LIMIT: Final = 64 << 20
 _WAIT_SLICE: Final = 0.5  # a flush waiting for writability re-checks state this often
 _MAX_PENDING_PARTS: Final = 64  # beyond this many queued writes, copy into the buffer
 _SLOW_HANDLER: Final = 0.001  # seconds; a handler run longer than this moves off the poller
+# A connection marked slow runs its tasks on the slow pool until a run there is quick.
+# A run there longer than _BLOCKED_ON_POOL blocked for sure (waiting for the GIL lasts a
+# switch interval, 5 ms, at a time) and renews the mark; one between the two may just
+# have waited for the GIL or been preempted, so after SLOW_RETRY seconds without a sure
+# sign the connection gets another, timed, run on the poller: a mark earned by a run that
+# was merely preempted cannot stick.
+_BLOCKED_ON_POOL: Final = 0.02
+SLOW_RETRY: Final = 1.0
+# Values of Connection._suspect: whether the next handler run is timed.
+_TRUSTED: Final = 0  # not timed unless the poller times every run
+_SUSPECT: Final = 1  # timed: it took part in a slow batch, or is back from the pool
 _RECV_GROWTH: Final = 4  # receive blocks grow up to this many times the configured size
 
 # Reasons a connection was closed, for the server's statistics.
@@ -167,6 +178,7 @@ class Connection:
         "_local_addr",
         "_lock",
         "_need",
+        "_on_eof",
         "_on_request",
         "_op",
         "_paused",
@@ -179,6 +191,7 @@ class Connection:
         "_remote_addr",
         "_shed_mark",
         "_slow",
+        "_slow_since",
         "_sock",
         "_state",
         "_suspect",
@@ -186,6 +199,7 @@ class Connection:
         "_wpend",
         "_wpend_len",
         "_write_timeout",
+        "_wshut",
         "_wwaiting",
     )
 
@@ -224,8 +238,9 @@ class Connection:
         self._eof = False  # the peer's end of stream (or a reset) was seen
         self._eof_handled = False
         self._processing = False
-        self._slow = False  # last handler run blocked invisibly: run tasks off the poller
-        self._suspect = False  # took part in a slow batch: time the next handler run
+        self._slow = False  # its handler blocks invisibly: run tasks on the slow pool
+        self._slow_since = 0.0  # when it was marked slow (see SLOW_RETRY)
+        self._suspect = _TRUSTED
         self._need = 0  # bytes a blocked reader waits for
         self._paused = False  # reading stopped by the read buffer limit
         # The peer hung up while reading was paused (_HUNG_UP): its last bytes wait in the
@@ -235,6 +250,7 @@ class Connection:
         # is on_request... then close callbacks): [callbacks, reason].
         self._held_close: list[Any] | None = None
         self._on_request = on_request
+        self._on_eof: CloseCallback | None = None  # see set_on_eof
         self._ctx: Any = None
         self._hooks = hooks
         self._connected = hooks is None  # on_connect finished (trivially, without a server)
@@ -252,7 +268,8 @@ class Connection:
         self._bytes_out = 0
         self._last = time.monotonic()  # when the idle check last saw activity
         self._idle_seen = 0
-        self._wwaiting = False
+        self._wwaiting = 0  # flushes waiting for the socket to take data
+        self._wshut = False  # close_write() shut the sending side
         # Receive blocks start at the configured size and double (up to _RECV_GROWTH
         # times it) while receives fill them, so a large message lands in one block and
         # reads of it copy nothing. They shrink back when the connection goes quiet.
@@ -265,7 +282,7 @@ class Connection:
             except OSError:
                 remote_addr = None
         self._remote_addr: Any = remote_addr
-        self._op = FDOperator(self._fd, self._on_event, poller)
+        self._op = FDOperator(self._fd, self._on_event, poller, self)
         if idle_timeout:
             self.set_idle_timeout(idle_timeout)
 
@@ -348,21 +365,43 @@ class Connection:
         if eof:
             self._after_eof(start)
         if start:
-            if self._slow or _config._config.runner is not None:
+            if self._slow or self._poller.offload or _config._config.runner is not None:
                 self._start_task()
             else:
                 self._process(False)  # inline on the poller thread: the fast, common case
 
-    def _suspect_slow(self) -> None:
+    def suspect_slow(self) -> None:
         """The poller saw a slow batch with this connection in it: time its next run.
 
         Set from the leader without the lock: a lost update costs one untimed run more.
         """
-        self._suspect = True
+        if self._suspect == _TRUSTED:
+            self._suspect = _SUSPECT
 
-    def _mark_slow(self) -> None:
+    def mark_slow(self) -> None:
         """The monitor replaced a leader stuck in this connection's handler."""
+        self._slow_since = monotonic()
         self._slow = True
+
+    def _judge_run(self, on_pool: bool, elapsed: float, now: float) -> bool:
+        """After a timed handler run: is this connection's handler slow? (see SLOW_RETRY).
+        Only the task's own thread calls it."""
+        if elapsed <= _SLOW_HANDLER or not (on_pool or current_poller() is not None):
+            # Quick, or a leader that handed off before a wait the library saw: fine.
+            self._slow = False
+            self._suspect = _TRUSTED
+            return False
+        if not on_pool or not self._slow or elapsed > _BLOCKED_ON_POOL:
+            # Slow on the poller, on the pool while its poller offloads, or blocked for
+            # sure on the pool: (still) slow from now on.
+            self._slow_since = now
+            self._slow = True
+            return True
+        if now - self._slow_since > SLOW_RETRY:
+            self._slow = False  # no sure sign for a while: another, timed, try inline
+            self._suspect = _SUSPECT
+            return False
+        return True
 
     def _grow_recv(self) -> None:
         """A receive filled its block: the next fresh block is twice as large."""
@@ -413,9 +452,25 @@ class Connection:
         if self._hooks is not None and connected:
             self._hooks.on_disconnect(self)
         if close_now:
-            self._close(CLOSE_PEER)
+            self._end_of_stream()
 
-    def _maybe_shed(self) -> bool:
+    def _end_of_stream(self) -> None:
+        """Everything the peer sent before its end of stream was delivered: close, or hand
+        the half-open connection to ``on_eof`` once (see ``set_on_eof``)."""
+        with self._lock:
+            fn, self._on_eof = self._on_eof, None
+            if self._state != _OPEN:
+                return
+        if fn is None:
+            self._close(CLOSE_PEER)
+            return
+        try:
+            fn(self)
+        except Exception:
+            _log.exception("netpoll: on_eof raised on %r; closing it", self)
+            self._close(CLOSE_HANDLER)
+
+    def maybe_shed(self) -> bool:
         """Poller sweep: return the kept receive block if nothing arrived since last look."""
         with self._lock:
             if self._state != _OPEN:
@@ -469,8 +524,8 @@ class Connection:
     def _start_task(self) -> None:
         runner = _config._config.runner
         if runner is None:
-            if self._slow:
-                slow_pool().submit(self._process, True)
+            if self._slow or self._poller.offload:
+                SLOW_POOL.submit(self._process_on_pool)
             else:
                 self._process()
         else:
@@ -505,10 +560,13 @@ class Connection:
             self._process()
             return
         if eof:
-            self._close(CLOSE_PEER)
+            self._end_of_stream()
         elif self._hooks is not None and self._hooks.draining:
             self._hooks.on_idle(self)
         self._closed_notice()
+
+    def _process_on_pool(self) -> None:
+        self._process(True)
 
     def _process(self, on_pool: bool = False) -> None:
         """The request task: call on_request while unread input remains and it progresses."""
@@ -521,7 +579,7 @@ class Connection:
             # Runs are timed on the slow pool, and inline only after a slow batch of the
             # poller (this connection's, or any in the last second): timing every run
             # would cost two clock reads per request.
-            timed = on_pool or self._suspect or self._poller.timing
+            timed = on_pool or self._suspect != _TRUSTED or self._poller.timing
             if timed:
                 t0 = monotonic()
             try:
@@ -537,11 +595,8 @@ class Connection:
             # poller, or a pool thread, is.
             slow = False
             if timed:
-                slow = self._slow = monotonic() - t0 > _SLOW_HANDLER and (
-                    on_pool or current_poller() is not None
-                )
-                if not slow:
-                    self._suspect = False
+                now = monotonic()
+                slow = self._judge_run(on_pool, now - t0, now)
             lock = self._lock
             lock.acquire()
             try:
@@ -551,9 +606,9 @@ class Connection:
                 # method installs an equal, not the same, object.
                 if not self._state and (handler is current or handler == current):
                     if left and (left != before or self._bytes_in != received):
-                        if slow and current_poller() is not None:
+                        if slow and not on_pool:
                             # Still processing: the rest of the input is the pool's.
-                            slow_pool().submit(self._process, True)
+                            SLOW_POOL.submit(self._process_on_pool)
                             return
                         replaced = False
                         continue
@@ -580,7 +635,7 @@ class Connection:
                 self._drop_buffers()
                 self._closed_notice()
             else:
-                self._close(CLOSE_PEER)
+                self._end_of_stream()
         elif self._hooks is not None and self._hooks.draining:
             self._hooks.on_idle(self)
 
@@ -777,6 +832,20 @@ class Connection:
         if start:
             self._poller.call_later(0, self._start_task)
 
+    def set_on_eof(self, fn: CloseCallback | None) -> None:
+        """Keep the connection open for writing when the peer ends its stream.
+
+        By default a connection closes once the peer's end of stream was seen and the
+        input before it delivered (Netpoll's behaviour). With ``fn`` set, ``fn(conn)``
+        runs once at that point instead, and the connection stays open: a half-closed
+        peer can still be written to (asyncio's ``eof_received`` returning True). Reads
+        past the input raise ``PeerClosedError``; ``fn`` or later code calls ``close()``.
+        """
+        if fn is not None and not callable(fn):
+            raise TypeError(f"fn must be callable or None, not {type(fn).__name__}")
+        with self._lock:
+            self._on_eof = fn
+
     def set_read_timeout(self, t: float | None) -> None:
         """Seconds a read may wait for data; ``None`` or 0 waits forever."""
         self._read_timeout = _timeout_value(t, "t")
@@ -896,10 +965,12 @@ class Connection:
             cond = self._cond
             if cond is None:
                 cond = self._cond = threading.Condition(self._lock)
+            freed = input_wait_begin()  # a pool thread waiting for a peer holds no slot
             try:
                 cond.wait(left)
             finally:
                 self._need = 0
+                input_wait_end(freed)
 
     def _read_through_locked(self, need: int = 0) -> bool:
         """Receive straight from the socket on the reader's thread; True if bytes came.
@@ -1072,6 +1143,8 @@ class Connection:
     def readinto(self, b: Any) -> int:
         """Copying read into a writable buffer; 0 at the end of the stream."""
         out = memoryview(b).cast("B")
+        if out.readonly:  # checked first: nothing is consumed, nothing waited for
+            raise TypeError(f"readinto() needs a writable buffer, got read-only {type(b).__name__}")
         with self._lock:
             self._check_readable_locked()  # a closed connection raises, even for len(b) 0
             if not len(out):
@@ -1091,14 +1164,20 @@ class Connection:
 
     # ------------------------------------------------------------------ writing
 
-    def _check_open(self) -> None:
-        if self._state != _OPEN:
-            raise ConnectionClosedError("connection is closed")
-
+    # Every Writer call and every flush runs under the connection's lock, so the bytes of
+    # one call never interleave with another thread's and none is lost or sent twice
+    # (keeping several calls together, a frame's header and body, stays the caller's job).
+    #
     # write_binary of bytes or memoryviews into an empty output buffer is queued by
     # reference in ``_wpend`` instead of being copied into nodes: flush hands the queue to
     # one send/sendmsg. Any other writer call first moves the queue into the buffer
     # (``_spill``), which keeps the order.
+
+    def _check_writable_locked(self) -> None:
+        if self._state != _OPEN:
+            raise ConnectionClosedError("connection is closed")
+        if self._wshut:
+            raise ConnectionClosedError("the sending side is shut down (close_write)")
 
     @property
     def _wbuf(self) -> LinkBuffer:
@@ -1124,72 +1203,85 @@ class Connection:
 
     def malloc(self, n: int) -> memoryview:
         """A writable view of ``n`` bytes, sent at the next flush."""
-        if self._state != _OPEN:
-            self._check_open()
-        if self._wpend:
-            self._spill()
-        return self._wbuf.malloc(n)
+        with self._lock:
+            if self._state or self._wshut:
+                self._check_writable_locked()
+            if self._wpend:
+                self._spill()
+            return self._wbuf.malloc(n)
 
     def malloc_len(self) -> int:
         """Bytes written or allocated and not yet flushed."""
-        if self._state != _OPEN:
-            self._check_open()
-        wb = self._wb
-        return (0 if wb is None else wb._wlen) + self._wpend_len
+        with self._lock:
+            if self._state != _OPEN:
+                self._check_writable_locked()
+            wb = self._wb
+            return (0 if wb is None else wb._wlen) + self._wpend_len
 
     def malloc_ack(self, n: int) -> None:
         """Keep the first ``n`` unflushed bytes; drop the rest."""
-        self._check_open()
-        self._spill()
-        self._wbuf.malloc_ack(n)
+        with self._lock:
+            self._check_writable_locked()
+            self._spill()
+            self._wbuf.malloc_ack(n)
 
     def write_binary(self, b: bytes | bytearray | memoryview) -> int:
         """Append bytes for the next flush; don't mutate ``b`` until then (it may be referenced)."""
-        if self._state:
-            self._check_open()
         t = type(b)
         # Immutable bytes and contiguous views are queued by reference (see _wpend).
         if t is memoryview:
             n = b.nbytes if b.c_contiguous else -1  # type: ignore[union-attr]
         else:
             n = len(b) if t is bytes else -1
-        if n >= 0:
-            wb = self._wb
-            if wb is None or not wb._nodes:
-                parts = self._wpend
-                if parts is None:
-                    self._wpend = [b]  # type: ignore[list-item]  # bytes or a view, by n
-                elif len(parts) < _MAX_PENDING_PARTS:
-                    parts.append(b)  # type: ignore[arg-type]
-                else:
-                    self._spill()
-                    return self._wbuf.write_binary(b)
-                self._wpend_len += n
-                return n
-        if self._wpend:
-            self._spill()
-        return self._wbuf.write_binary(b)
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._state or self._wshut:
+                self._check_writable_locked()
+            if n >= 0:
+                wb = self._wb
+                if wb is None or not wb._nodes:
+                    parts = self._wpend
+                    if parts is None:
+                        self._wpend = [b]  # type: ignore[list-item]  # bytes or a view, by n
+                    elif len(parts) < _MAX_PENDING_PARTS:
+                        parts.append(b)  # type: ignore[arg-type]
+                    else:
+                        self._spill()
+                        return self._wbuf.write_binary(b)
+                    self._wpend_len += n
+                    return n
+            if self._wpend:
+                self._spill()
+            return self._wbuf.write_binary(b)
+        finally:
+            lock.release()
 
     def write_string(self, s: str, encoding: str = "utf-8") -> int:
-        self._check_open()
-        self._spill()
-        return self._wbuf.write_string(s, encoding)
+        with self._lock:
+            self._check_writable_locked()
+            self._spill()
+            return self._wbuf.write_string(s, encoding)
 
     def write_byte(self, b: int) -> None:
-        self._check_open()
-        self._spill()
-        self._wbuf.write_byte(b)
+        with self._lock:
+            self._check_writable_locked()
+            self._spill()
+            self._wbuf.write_byte(b)
 
     def write_direct(self, p: bytes | bytearray | memoryview, remain_cap: int) -> None:
-        self._check_open()
-        self._spill()
-        self._wbuf.write_direct(p, remain_cap)
+        with self._lock:
+            self._check_writable_locked()
+            self._spill()
+            self._wbuf.write_direct(p, remain_cap)
 
     def append(self, w: Writer) -> None:
         """Move ``w``'s unflushed data to this connection's output, zero-copy."""
-        self._check_open()
-        self._spill()
-        self._wbuf.append(writer_buffer(w))
+        src = writer_buffer(w)
+        with self._lock:
+            self._check_writable_locked()
+            self._spill()
+            self._wbuf.append(src)
 
     def write(self, b: bytes | bytearray | memoryview) -> int:
         """Copying write as in Go's ``net.Conn``: append ``b`` and flush."""
@@ -1203,15 +1295,15 @@ class Connection:
         A write timeout closes the connection: part of the data may have gone out, so the
         stream can no longer be trusted.
         """
-        parts = self._wpend
-        if parts:
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._state or self._wshut:
+                self._check_writable_locked()
+            parts = self._wpend
             wb = self._wb
-            if wb is None or not wb._nodes:
-                lock = self._lock
-                lock.acquire()
-                try:
-                    if self._state:
-                        raise ConnectionClosedError("connection is closed")
+            if parts:
+                if wb is None or not wb._nodes:
                     try:
                         n = (
                             self._sock.send(parts[0])
@@ -1230,12 +1322,38 @@ class Connection:
                         self._wpend_len = 0
                         return
                     self._drop_sent_parts(n)
-                finally:
-                    lock.release()
-            self._spill()
-        if self._state:
-            self._check_open()
-        self._flush_buffer()
+                self._spill()
+                wb = self._wb
+            if wb is None:
+                return
+            wb._publish()  # sent before flush returns, so borrowed data needs no copy
+            if not wb._rlen:
+                return
+        finally:
+            lock.release()
+        self._flush_buffer(wb)
+
+    def close_write(self) -> None:
+        """Half-close (Go's ``TCPConn.CloseWrite``): flush, then shut the sending side.
+
+        The peer reads the end of the stream; reading here goes on until it closes too.
+        Later writes raise ``ConnectionClosedError``; a second call does nothing.
+        """
+        with self._lock:
+            if self._state != _OPEN:
+                raise ConnectionClosedError("connection is closed")
+            if self._wshut:
+                return
+        self.flush()
+        with self._lock:
+            if self._state != _OPEN:
+                raise ConnectionClosedError("connection is closed")
+            if not self._wshut:
+                self._wshut = True
+                try:
+                    self._sock.shutdown(socket.SHUT_WR)
+                except OSError as exc:
+                    raise closed_error(exc) from exc
 
     def _released_write(self) -> ValueError:
         """A queued view was released before the flush: drop the queue, which can no longer
@@ -1250,7 +1368,8 @@ class Connection:
     def _drop_sent_parts(self, n: int) -> None:
         """Forget the first ``n`` bytes of the pending queue (the kernel took them)."""
         parts = self._wpend
-        assert parts is not None
+        if parts is None:  # pragma: no cover - callers hold the lock and saw a queue
+            raise RuntimeError("no queued writes to drop")
         self._wpend_len -= n
         while n:
             first = memoryview(parts[0]).cast("B")  # sizes are in bytes, whatever the format
@@ -1261,36 +1380,40 @@ class Connection:
                 parts[0] = first[n:]
                 n = 0
 
-    def _flush_buffer(self) -> None:
-        out = self._wbuf
-        out._publish()  # sent before flush returns, so borrowed data needs no copy
-        if not out._rlen:
-            return
+    def _flush_buffer(self, out: LinkBuffer) -> None:
+        """Send what the output buffer holds, waiting while the kernel's buffer is full."""
         deadline = 0.0
-        while True:
-            err: ConnectionClosedError | None = None
-            with self._lock:
-                if self._state != _OPEN:
-                    raise ConnectionClosedError("connection is closed")
-                sock = self._sock
-                try:
-                    while out._rlen:
-                        views = out.send_views()
-                        n = sock.send(views[0]) if len(views) == 1 else sock.sendmsg(views)
-                        out.consume_sent(n)
-                        self._bytes_out += n
-                    return
-                except (BlockingIOError, InterruptedError):
-                    self._wwaiting = True
-                except OSError as exc:
-                    err = closed_error(exc)
-            if err is not None:
-                self._close(CLOSE_ERROR)
-                raise err
-            try:
+        waiting = False  # counted in _wwaiting (close() then wakes the wait)
+        try:
+            while True:
+                err: ConnectionClosedError | None = None
+                with self._lock:
+                    if waiting:
+                        self._wwaiting -= 1
+                        waiting = False
+                    if self._state != _OPEN:
+                        raise ConnectionClosedError("connection is closed")
+                    sock = self._sock
+                    try:
+                        while out._rlen:
+                            views = out.send_views()
+                            n = sock.send(views[0]) if len(views) == 1 else sock.sendmsg(views)
+                            out.consume_sent(n)
+                            self._bytes_out += n
+                        return
+                    except (BlockingIOError, InterruptedError):
+                        self._wwaiting += 1
+                        waiting = True
+                    except OSError as exc:
+                        err = closed_error(exc)
+                if err is not None:
+                    self._close(CLOSE_ERROR)
+                    raise err
                 deadline = self._wait_writable(deadline)
-            finally:
-                self._wwaiting = False
+        finally:
+            if waiting:
+                with self._lock:
+                    self._wwaiting -= 1
 
     def _wait_writable(self, deadline: float) -> float:
         """Block until the socket is writable; raise WriteTimeoutError past the deadline."""
@@ -1301,15 +1424,21 @@ class Connection:
         before_block()
         p = select.poll()
         p.register(self._fd, select.POLLOUT)
-        while True:
-            if self._state != _OPEN:
-                raise ConnectionClosedError("connection is closed")
-            left = _WAIT_SLICE if not deadline else min(deadline - time.monotonic(), _WAIT_SLICE)
-            if left <= 0:
-                err = WriteTimeoutError(
-                    f"write timed out after {timeout}s with {self._wbuf._rlen} bytes unsent"
+        freed = input_wait_begin()  # waiting for the peer: a pool thread holds no slot
+        try:
+            while True:
+                if self._state != _OPEN:
+                    raise ConnectionClosedError("connection is closed")
+                left = (
+                    _WAIT_SLICE if not deadline else min(deadline - time.monotonic(), _WAIT_SLICE)
                 )
-                self._close(CLOSE_WRITE_TIMEOUT)
-                raise err
-            if p.poll(int(left * 1000) + 1):
-                return deadline
+                if left <= 0:
+                    err = WriteTimeoutError(
+                        f"write timed out after {timeout}s with {self._wbuf._rlen} bytes unsent"
+                    )
+                    self._close(CLOSE_WRITE_TIMEOUT)
+                    raise err
+                if p.poll(int(left * 1000) + 1):
+                    return deadline
+        finally:
+            input_wait_end(freed)

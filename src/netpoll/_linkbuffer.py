@@ -11,6 +11,7 @@ flushed yet. Flushing only moves the boundary, so it copies nothing.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, Final
 
@@ -24,6 +25,8 @@ _MAX_POOLED: Final = 1 << 23  # blocks above 8 MiB are left to the allocator
 _POOL_BYTES_PER_CLASS: Final = 16 << 20
 # write_binary copies payloads below this size; larger ones are referenced in place.
 NOCOPY_WRITE_THRESHOLD: Final = 4096
+# The largest block malloc allocates (1 TiB): beyond it a size is a bug, not a request.
+MAX_MALLOC: Final = 1 << 40
 
 
 # Shared int objects for the classes, so buffers that store one cost no extra memory.
@@ -203,6 +206,17 @@ def _as_bytes_view(b: object, name: str = "b") -> memoryview:
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B")
     return mv
+
+
+_PATTERNS: list[re.Pattern[bytes] | None] = [None] * 256
+
+
+def _delim_pattern(byte: int) -> re.Pattern[bytes]:
+    """A compiled search for one byte value (cached: there are only 256)."""
+    pat = _PATTERNS[byte]
+    if pat is None:
+        pat = _PATTERNS[byte] = re.compile(re.escape(bytes([byte])))
+    return pat
 
 
 def trim_line(line: memoryview) -> memoryview:
@@ -500,10 +514,13 @@ class LinkBuffer:
                 pos = node.buf.find(byte, node.r, end)
                 if pos >= 0:
                     return seen + pos - node.r
-            else:
-                pos = node.mv[node.r : end].tobytes().find(byte) if end > node.r else -1
-                if pos >= 0:
-                    return seen + pos
+            elif end > node.r:
+                # Borrowed memory: searched in place (a regular expression takes any
+                # buffer), where a copy of the rest of the node per call made reading a
+                # large written buffer line by line quadratic.
+                m = _delim_pattern(byte).search(node.mv, node.r, end)
+                if m is not None:
+                    return seen + m.start() - node.r
             seen += end - node.r
             if seen >= rlen:
                 break
@@ -671,6 +688,8 @@ class LinkBuffer:
     def malloc(self, n: int) -> memoryview:
         """A writable view of ``n`` bytes, appended to the stream at the next flush."""
         _check_size(n)
+        if n > MAX_MALLOC:
+            raise ValueError(f"n={n} is more than malloc allocates at once ({MAX_MALLOC} bytes)")
         if self._closed:
             raise ValueError("LinkBuffer is closed")
         if n == 0:

@@ -48,7 +48,8 @@ class ServerStats:
     closed_by_read_timeout: int
     closed_by_write_timeout: int
     closed_by_idle_timeout: int
-    accept_pauses: int
+    accept_pauses: int  # accepting paused for want of file descriptors
+    connection_limit_pauses: int = 0  # accepting paused at ``max_connections``
 
 
 class _ServerHooks(_Hooks):
@@ -97,6 +98,7 @@ class EventLoop:
         write_timeout: float | None = None,
         idle_timeout: float | None = None,
         read_buffer_limit: int | None = None,
+        max_connections: int | None = None,
     ) -> None:
         if not callable(on_request):
             raise TypeError(f"on_request must be callable, not {type(on_request).__name__}")
@@ -117,17 +119,27 @@ class EventLoop:
         if read_buffer_limit is not None:
             _check_read_limit(read_buffer_limit)
         self._read_buffer_limit = read_buffer_limit
+        if max_connections is not None:
+            if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+                raise TypeError(
+                    f"max_connections must be an int or None, not {type(max_connections).__name__}"
+                )
+            if max_connections < 1:
+                raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        self._max_conns = max_connections or 0
         self._hooks = _ServerHooks(self)
         self._lock = threading.Lock()
         self._conns: set[Connection] = set()
         self._serving = False
         self._stopped = threading.Event()
+        self._ready = threading.Event()  # the listener is registered (wait_serving)
         self._drained = threading.Condition(self._lock)
         self._lsock: socket.socket | None = None
         self._lop: FDOperator | None = None
         self._lpoller: Poller | None = None
         self._pause_timer: Timer | None = None
         self._pause_delay = _PAUSE_MIN
+        self._at_limit = False  # accepting paused at max_connections
         self._fatal: BaseException | None = None
         # counters
         self._accepted = 0
@@ -141,11 +153,17 @@ class EventLoop:
             C.CLOSE_IDLE_TIMEOUT: 0,
         }
         self._accept_pauses = 0
+        self._limit_pauses = 0
 
     # ------------------------------------------------------------------ serving
 
     def serve(self, listener: Listener | socket.socket) -> None:
-        """Accept and serve connections until ``shutdown()``; blocks the caller."""
+        """Accept and serve connections until ``shutdown()``; blocks the caller.
+
+        Whatever ends it (``shutdown()``, a fatal accept error, an exception such as
+        ``KeyboardInterrupt`` raised in the waiting caller), the listener stops accepting
+        before it returns or raises; connections already open are left to ``shutdown``.
+        """
         if isinstance(listener, Listener):
             lsock = listener.socket
         elif isinstance(listener, socket.socket):
@@ -175,18 +193,32 @@ class EventLoop:
                     self._lpoller = poller
                     self._lop = FDOperator(lsock.fileno(), self._on_acceptable, poller)
                     self._lop.control(PollEvent.READABLE)
+                    self._ready.set()
             self._stopped.wait()
             if self._fatal is not None:
                 raise self._fatal
         finally:
+            self._stop_accepting()  # a no-op after shutdown(); vital after an exception
             with self._lock:
                 self._serving = False
+                self._ready.clear()
+
+    def wait_serving(self, timeout: float | None = None) -> bool:
+        """Wait until ``serve()`` is accepting; False if ``timeout`` seconds pass first.
+
+        The readiness signal for tests and for code that starts ``serve()`` in a thread:
+        once it returns True, a client that connects is accepted and served.
+        """
+        return self._ready.wait(_wait_limit(timeout, "timeout"))
 
     def _on_acceptable(self, _ev: int) -> None:
         lsock = self._lsock
         if lsock is None:
             return
+        limit = self._max_conns
         for _ in range(_ACCEPT_BATCH):
+            if limit and len(self._conns) >= limit and self._pause_at_limit():
+                return
             try:
                 sock, addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
@@ -207,15 +239,40 @@ class EventLoop:
             self._pause_delay = _PAUSE_MIN
             self._new_connection(sock, addr)
 
+    def _pause_at_limit(self) -> bool:
+        """``max_connections`` are open: stop watching the listener until one closes (new
+        clients wait in the kernel's backlog). False if a close came first."""
+        with self._lock:
+            if len(self._conns) < self._max_conns:
+                return False
+            op = self._lop
+            if op is not None and not self._at_limit:
+                self._at_limit = True
+                self._limit_pauses += 1
+                op.control(PollEvent.DETACH)
+            return True
+
+    def _resume_locked(self) -> None:
+        """Watch the listener again, unless something still holds accepting back. Lock held."""
+        op = self._lop
+        if (
+            op is not None
+            and not self._hooks.draining
+            and not self._at_limit
+            and self._pause_timer is None
+        ):
+            op.control(PollEvent.READABLE)
+
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors: stop watching the listener and retry later, with backoff."""
-        op = self._lop
-        if op is None or self._lpoller is None:
-            return
-        op.control(PollEvent.DETACH)
-        delay = self._pause_delay
-        self._pause_delay = min(delay * 2, _PAUSE_MAX)
         with self._lock:
+            op = self._lop
+            poller = self._lpoller
+            if op is None or poller is None:
+                return
+            op.control(PollEvent.DETACH)
+            delay = self._pause_delay
+            self._pause_delay = min(delay * 2, _PAUSE_MAX)
             self._accept_pauses += 1
             first = self._accept_pauses == 1 or delay == _PAUSE_MIN
         if first:
@@ -224,13 +281,17 @@ class EventLoop:
                 exc.strerror,
                 delay,
             )
-        self._pause_timer = self._lpoller.call_later(delay, self._resume_accepting)
+        timer = poller.call_later(delay, self._resume_accepting)
+        with self._lock:
+            if self._lop is op:
+                self._pause_timer = timer
+                return
+        timer.cancel()  # accepting stopped meanwhile
 
     def _resume_accepting(self) -> None:
-        self._pause_timer = None
-        op = self._lop
-        if op is not None and self._lsock is not None and not self._hooks.draining:
-            op.control(PollEvent.READABLE)
+        with self._lock:
+            self._pause_timer = None
+            self._resume_locked()
 
     def _new_connection(self, sock: socket.socket, addr: Any) -> None:
         try:
@@ -283,29 +344,36 @@ class EventLoop:
                     self._timeouts[reason] += 1
                 if not self._conns:
                     self._drained.notify_all()
+                if self._at_limit and len(self._conns) < self._max_conns:
+                    self._at_limit = False
+                    self._resume_locked()
 
     # ------------------------------------------------------------------ stopping
 
     def _stop_accepting(self) -> None:
-        op, self._lop = self._lop, None
-        if op is not None:
-            op.control(PollEvent.DETACH)
-        timer, self._pause_timer = self._pause_timer, None
+        with self._lock:
+            op, self._lop = self._lop, None
+            if op is not None:
+                op.control(PollEvent.DETACH)
+            timer, self._pause_timer = self._pause_timer, None
+            lsock, self._lsock = self._lsock, None
+            self._at_limit = False
         if timer is not None:
             timer.cancel()
-        lsock, self._lsock = self._lsock, None
         if lsock is not None:
             try:
                 lsock.close()
             except OSError:
                 pass
 
-    def shutdown(self, timeout: float | None = None) -> None:
+    def shutdown(self, timeout: float | None = None, force: bool = False) -> None:
         """Stop accepting, close idle connections now, wait for busy ones, then return.
 
-        Raises TimeoutError if some connections are still busy after ``timeout`` seconds
-        (``None`` or infinity: no limit; 0: don't wait); those are left running, not
-        force-closed. ``serve`` returns either way.
+        A handler waiting for input (in ``next(n)``) counts as busy. If some connections
+        are still busy after ``timeout`` seconds (``None`` or infinity: no limit; 0: don't
+        wait), it raises TimeoutError and leaves them running; with ``force=True`` it
+        closes them instead (their handlers' reads and writes raise
+        ``ConnectionClosedError``) and returns. ``serve`` returns either way.
         """
         limit = _wait_limit(timeout, "timeout")
         with self._lock:  # see serve(): ordered against the listener's registration
@@ -321,10 +389,15 @@ class EventLoop:
                 while self._conns:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
+                        if force:
+                            break
                         raise TimeoutError(
                             f"shutdown timed out with {len(self._conns)} busy connection(s)"
                         )
                     self._drained.wait(left)
+                busy = list(self._conns)
+            for conn in busy:  # only with force: the deadline passed
+                conn._close(C.CLOSE_SHUTDOWN)
         finally:
             self._stopped.set()
 
@@ -362,6 +435,7 @@ class EventLoop:
                 closed_by_write_timeout=self._timeouts[C.CLOSE_WRITE_TIMEOUT],
                 closed_by_idle_timeout=self._timeouts[C.CLOSE_IDLE_TIMEOUT],
                 accept_pauses=self._accept_pauses,
+                connection_limit_pauses=self._limit_pauses,
             )
 
     @property
@@ -372,4 +446,5 @@ class EventLoop:
 
     @property
     def serving(self) -> bool:
+        """True while ``serve()`` runs (see ``wait_serving`` for when it accepts)."""
         return self._serving

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ._backend import EVENT_OUT, EVENT_RDHUP, READ_EVENTS
 
 if TYPE_CHECKING:
-    from ._poller import Poller
+    from ._poller import Poller, SlowAware
 
 __all__ = ["FDOperator", "PollEvent"]
 
@@ -37,12 +37,19 @@ _MASKS = {
 class FDOperator:
     """Binds ``fd`` to ``handler(events)``, which the poller calls when the fd is ready."""
 
-    __slots__ = ("_registered", "fd", "handler", "poller")
+    __slots__ = ("_registered", "fd", "handler", "owner", "poller")
 
-    def __init__(self, fd: int, handler: Callable[[int], None], poller: Poller) -> None:
+    def __init__(
+        self,
+        fd: int,
+        handler: Callable[[int], None],
+        poller: Poller,
+        owner: SlowAware | None = None,
+    ) -> None:
         self.fd = fd
         self.handler = handler
         self.poller = poller
+        self.owner = owner  # told by the poller when its handler runs slow
         self._registered = False
 
     @property
@@ -69,5 +76,5 @@ class FDOperator:
             poller.modify(self.fd, mask)
             poller.set_handler(self.fd, handler)
         else:
-            poller.attach(self.fd, mask, handler)
+            poller.attach(self.fd, mask, handler, self.owner)
             self._registered = True

@@ -8,6 +8,17 @@ syscall; for blocking it cannot see (``time.sleep`` in user code), a monitor thr
 a leader stuck in one batch and promotes a follower. The old leader finishes its handler,
 finds it was replaced, drops the rest of its batch and becomes a follower. Dropping is
 safe because the backend is level-triggered: whatever was not handled is reported again.
+
+After a stuck leader the poller *offloads* for ``OFFLOAD_SPAN`` seconds: its connections
+run their tasks on the slow pool instead of inline. Many handlers blocking at once (a
+slow database behind every connection) then wait side by side on pool threads instead of
+taking the leader one after another, one monitor look each.
+
+Leadership state, under ``_lock``: ``_epoch`` names the current leader (a thread leads
+while the epoch it was promoted with is current); ``_busy_epoch`` is the epoch of a leader
+inside a batch, 0 while it waits. Only the thread leading that epoch sets or clears it, so
+a replaced leader finishing late can never clear the busy mark of its successor (which
+would blind the monitor to the successor being stuck). ``_tick`` counts batches.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from typing import Final, Protocol
 from .._config import log as _log
 from ._backend import Backend, new_backend
 
-__all__ = ["Poller", "Timer", "before_block", "current_poller"]
+__all__ = ["Poller", "SlowAware", "Timer", "before_block", "current_poller"]
 
 
 MAX_WAIT: Final = 3600.0  # longest single wait for a timer, in seconds
@@ -37,23 +48,27 @@ SWEEP_INTERVAL: Final = 1.0  # seconds between looks for quiet connections' spar
 # TIMING_SPAN seconds: that finds the handlers that block where the library cannot see.
 SLOW_BATCH: Final = 0.001
 TIMING_SPAN: Final = 1.0
+OFFLOAD_SPAN: Final = 1.0  # seconds of running tasks on the slow pool after a stuck leader
 
 _tls = threading.local()
 
 
+class SlowAware(Protocol):
+    """What the poller asks of the owner of an fd (a connection) about its handler."""
+
+    def suspect_slow(self) -> None:
+        """It took part in a slow batch: time its next handler run."""
+
+    def mark_slow(self) -> None:
+        """The monitor found the leader stuck in its handler: run its tasks off the poller."""
+
+
 class _Sheddable(Protocol):
-    def _maybe_shed(self) -> bool: ...
+    def maybe_shed(self) -> bool: ...
 
 
 def _noop() -> None:
     pass
-
-
-def _call_owner(handler: object, name: str) -> None:
-    """Call ``name()`` on the object a bound-method handler belongs to, if it has one."""
-    fn = getattr(getattr(handler, "__self__", None), name, None)
-    if fn is not None:
-        fn()
 
 
 def current_poller() -> Poller | None:
@@ -98,22 +113,25 @@ class Poller:
         self.index = index
         self.backend = backend or new_backend()
         self._handlers: dict[int, Callable[[int], None]] = {}
+        self._owners: dict[int, SlowAware] = {}
         self._lock = threading.Lock()
         self._epoch = 0
         self._leader_ident = 0
         self._idle: list[_Follower] = []
         self._threads = 0
         self._closed = False
-        self._busy = False  # leader is handling events (not waiting)
+        self._busy_epoch = 0  # the epoch of a leader handling a batch; 0 while it waits
         self._tick = 0  # batches handled; the monitor watches it move
         self._timers: list[tuple[float, int, Timer]] = []
         self._tseq = itertools.count()
-        self.now = time.monotonic()  # coarse clock, refreshed after every wait
-        # The event handler being run, for the monitor to blame when the leader is stuck.
-        self._running: Callable[[int], None] | None = None
+        # The fd whose handler is running, for the monitor to blame when the leader is stuck.
+        self._running = -1
         # True for a while after a slow batch: connections then time their handler runs.
         self.timing = False
         self._timing_until = 0.0
+        # True for a while after a stuck leader: connections run their tasks on the pool.
+        self.offload = False
+        self._offload_until = 0.0
         waker = self.backend.waker
         self._handlers[waker.rfd] = lambda _ev: waker.drain()
         self._started = False
@@ -128,13 +146,25 @@ class Poller:
 
     # --------------------------------------------------------------- registration
 
-    def attach(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
-        """Start watching ``fd`` for ``events``; ``handler(events)`` runs when ready."""
+    def attach(
+        self,
+        fd: int,
+        events: int,
+        handler: Callable[[int], None],
+        owner: SlowAware | None = None,
+    ) -> None:
+        """Start watching ``fd`` for ``events``; ``handler(events)`` runs when ready.
+
+        ``owner`` is told when its handler runs slow (see ``SlowAware``).
+        """
         self._handlers[fd] = handler
+        if owner is not None:
+            self._owners[fd] = owner
         try:
             self.backend.register(fd, events)
         except BaseException:
             self._handlers.pop(fd, None)
+            self._owners.pop(fd, None)
             raise
         if not self._started:
             self.start()
@@ -151,15 +181,11 @@ class Poller:
     def detach(self, fd: int) -> None:
         """Stop watching ``fd``; safe if it was already closed."""
         self._handlers.pop(fd, None)
+        self._owners.pop(fd, None)
         try:
             self.backend.unregister(fd)
         except (OSError, ValueError, KeyError):
             pass
-
-    @property
-    def fd_count(self) -> int:
-        """Number of fds watched (the wake-up fd excluded)."""
-        return len(self._handlers) - 1
 
     def note_hot(self, obj: _Sheddable) -> None:
         """Track an object holding a spare buffer; it is asked to shed it when quiet."""
@@ -179,7 +205,7 @@ class Poller:
     def _sweep(self) -> None:
         with self._hot_lock:
             hot = list(self._hot)
-        shed = [obj for obj in hot if obj._maybe_shed()]
+        shed = [obj for obj in hot if obj.maybe_shed()]
         with self._hot_lock:
             self._hot.difference_update(shed)
             again = bool(self._hot)
@@ -196,7 +222,7 @@ class Poller:
         with self._lock:
             heapq.heappush(self._timers, (timer.deadline, next(self._tseq), timer))
             first = self._timers[0][2] is timer
-            idle = not self._busy
+            idle = not self._busy_epoch
         if first and idle:
             self.backend.trigger()
         if not self._started:
@@ -266,14 +292,27 @@ class Poller:
 
     def _monitor_check(self, seen_tick: int) -> int:
         """Promote a follower if the leader sat in one batch since the last look."""
+        owner: SlowAware | None = None
         with self._lock:
             tick = self._tick
-            if self._busy and tick == seen_tick and self._leader_ident and not self._closed:
+            epoch = self._epoch
+            if (
+                self._busy_epoch == epoch
+                and tick == seen_tick
+                and self._leader_ident
+                and not self._closed
+            ):
                 _log.debug("netpoll: poller %d leader blocked in a handler; promoting", self.index)
-                # The stuck run was not timed: tell its owner it is slow, so its next
-                # tasks go to the slow pool instead of taking a leader again.
-                _call_owner(self._running, "_mark_slow")
+                owner = self._owners.get(self._running)
+                # Until OFFLOAD_SPAN passes, tasks run on the slow pool: if many handlers
+                # block at once, they wait side by side instead of one leader each.
+                self._offload_until = time.monotonic() + OFFLOAD_SPAN
+                self.offload = self.timing = True
                 self._promote_locked()
+        if owner is not None:
+            # The stuck run was not timed: tell its owner it is slow, so its next
+            # tasks go to the slow pool instead of taking a leader again.
+            owner.mark_slow()
         return tick
 
     def _thread_main(self, epoch: int) -> None:
@@ -320,16 +359,18 @@ class Poller:
                 with lock:
                     if self._epoch != epoch or self._closed:
                         return
-                    self._busy = False
+                    self._busy_epoch = 0
                     timeout = self._next_timeout_locked() if self._timers else -1.0
                 events = wait(timeout)
-                self._busy = True
+                # Unlocked: only close() changes the epoch while a leader waits, and a
+                # stale epoch here is harmless (the monitor compares it with the current).
+                self._busy_epoch = epoch
                 self._tick += 1
-                start = self.now = monotonic()
+                start = monotonic()
                 for fd, ev in events:
                     handler = handlers.get(fd)
                     if handler is not None:
-                        self._running = handler
+                        self._running = fd
                         try:
                             handler(ev)
                         except BaseException:  # user code must not end the poller thread
@@ -337,7 +378,7 @@ class Poller:
                         if self._epoch != epoch:  # replaced while in the handler
                             self._check_batch(events, start)
                             return
-                self._running = None
+                self._running = -1
                 end = self._check_batch(events, start)
                 if self._timers and self._timers[0][0] <= end:
                     self._run_timers()
@@ -346,7 +387,9 @@ class Poller:
         finally:
             if getattr(_tls, "leading", None) is self:
                 _tls.leading = None
-            self._busy = False
+            with lock:
+                if self._busy_epoch == epoch:  # never a successor's mark (see the docstring)
+                    self._busy_epoch = 0
 
     def _check_batch(self, events: list[tuple[int, int]], start: float) -> float:
         """One clock read per batch instead of two per handler run; after a slow batch,
@@ -354,10 +397,13 @@ class Poller:
         end = time.monotonic()
         if end - start > SLOW_BATCH:
             self._timing_until = end + TIMING_SPAN
-            handlers = self._handlers
+            owners = self._owners
             for fd, _ev in events:
-                _call_owner(handlers.get(fd), "_suspect_slow")
-        self.timing = end < self._timing_until
+                owner = owners.get(fd)
+                if owner is not None:
+                    owner.suspect_slow()
+        self.offload = offload = end < self._offload_until
+        self.timing = offload or end < self._timing_until
         return end
 
     def close(self) -> None:
