@@ -504,8 +504,7 @@ def format_docs(results: dict[str, Any], chart_name: str | None) -> str:
         "",
         f"Throughput is the median of the runs, with the lowest and highest run beside it; "
         f"p50 and p99 are medians of the runs' latency percentiles; `vs {baseline}` divides "
-        "by that contender's median (for memory, lower is better). "
-        + CPU_LEGEND,
+        "by that contender's median (for memory, lower is better). " + CPU_LEGEND,
         "",
     ]
     note = saturation_note(results)
