@@ -39,6 +39,7 @@ from ._nocopy import (
     new_reader,
     new_writer,
 )
+from ._run import run
 from ._server import EventLoop, ServerStats
 
 __version__ = "0.1.0"
@@ -73,6 +74,7 @@ __all__ = [
     "new_read_writer",
     "new_reader",
     "new_writer",
+    "run",
     "set_load_balance",
     "set_logger_output",
     "set_num_loops",

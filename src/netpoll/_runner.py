@@ -65,6 +65,13 @@ class SlowPool:
         self.max_running = max_running
         self.idle_exit = idle_exit
 
+    def reset_after_fork(self) -> None:
+        """In a child process made by fork: the threads did not come along."""
+        self._lock = threading.Lock()
+        self._queue.clear()
+        self._idle.clear()
+        self._threads = self._running = 0
+
     @property
     def threads(self) -> int:
         """Threads alive in the pool (running, waiting for input, or idle)."""

@@ -140,6 +140,7 @@ class EventLoop:
         self._pause_timer: Timer | None = None
         self._pause_delay = _PAUSE_MIN
         self._at_limit = False  # accepting paused at max_connections
+        self._accept_batch = _ACCEPT_BATCH  # connections accepted per wake-up
         self._fatal: BaseException | None = None
         # counters
         self._accepted = 0
@@ -157,8 +158,12 @@ class EventLoop:
 
     # ------------------------------------------------------------------ serving
 
-    def serve(self, listener: Listener | socket.socket) -> None:
+    def serve(self, listener: Listener | socket.socket, *, shared: bool = False) -> None:
         """Accept and serve connections until ``shutdown()``; blocks the caller.
+
+        ``shared=True`` when other processes accept from the same listening socket (as
+        ``netpoll.run``'s workers do): each wake-up then accepts one connection, so they
+        spread evenly instead of going to whichever process woke first.
 
         Whatever ends it (``shutdown()``, a fatal accept error, an exception such as
         ``KeyboardInterrupt`` raised in the waiting caller), the listener stops accepting
@@ -180,6 +185,7 @@ class EventLoop:
             self._stopped.clear()
             self._hooks.draining = False
             self._fatal = None
+            self._accept_batch = 1 if shared else _ACCEPT_BATCH
         try:
             lsock.setblocking(False)
             poller = manager().pick(None)
@@ -192,7 +198,7 @@ class EventLoop:
                     self._lsock = lsock
                     self._lpoller = poller
                     self._lop = FDOperator(lsock.fileno(), self._on_acceptable, poller)
-                    self._lop.control(PollEvent.READABLE)
+                    self._lop.control(PollEvent.ACCEPT)
                     self._ready.set()
             self._stopped.wait()
             if self._fatal is not None:
@@ -216,7 +222,7 @@ class EventLoop:
         if lsock is None:
             return
         limit = self._max_conns
-        for _ in range(_ACCEPT_BATCH):
+        for _ in range(self._accept_batch):
             if limit and len(self._conns) >= limit and self._pause_at_limit():
                 return
             try:
@@ -261,7 +267,7 @@ class EventLoop:
             and not self._at_limit
             and self._pause_timer is None
         ):
-            op.control(PollEvent.READABLE)
+            op.control(PollEvent.ACCEPT)
 
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors: stop watching the listener and retry later, with backoff."""

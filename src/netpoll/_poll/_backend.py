@@ -18,7 +18,15 @@ import os
 import select
 from typing import Final
 
-__all__ = ["EVENT_IN", "EVENT_OUT", "Backend", "EpollBackend", "PollBackend", "new_backend"]
+__all__ = [
+    "EVENT_EXCLUSIVE",
+    "EVENT_IN",
+    "EVENT_OUT",
+    "Backend",
+    "EpollBackend",
+    "PollBackend",
+    "new_backend",
+]
 
 EVENT_IN: Final = 0x001
 EVENT_OUT: Final = 0x004
@@ -26,7 +34,10 @@ EVENT_ERR: Final = 0x008
 EVENT_HUP: Final = 0x010
 EVENT_RDHUP: Final = 0x2000
 READ_EVENTS: Final = EVENT_IN | EVENT_RDHUP
-CLOSE_EVENTS: Final = EVENT_HUP | EVENT_ERR | EVENT_RDHUP
+# Wake one waiter, not every epoll instance watching the fd: for a listening socket shared
+# by several processes (no thundering herd). Only at registration (epoll rejects it in a
+# modify, and with any flag but IN, OUT, ET); backends without it ignore it.
+EVENT_EXCLUSIVE: Final = int(getattr(select, "EPOLLEXCLUSIVE", 0))
 
 
 class _Waker:
@@ -106,10 +117,19 @@ class EpollBackend(Backend):
         self._ep.register(self.waker.rfd, EVENT_IN)
 
     def register(self, fd: int, events: int) -> None:
-        self._ep.register(fd, events)
+        try:
+            self._ep.register(fd, events)
+        except OSError as exc:
+            if not events & EVENT_EXCLUSIVE or exc.errno != errno.EINVAL:
+                raise
+            self._ep.register(fd, events & ~EVENT_EXCLUSIVE)  # a kernel before 4.5
 
     def modify(self, fd: int, events: int) -> None:
-        self._ep.modify(fd, events)
+        if events & EVENT_EXCLUSIVE:  # only registration takes it
+            self._ep.unregister(fd)
+            self.register(fd, events)
+        else:
+            self._ep.modify(fd, events)
 
     def unregister(self, fd: int) -> None:
         self._ep.unregister(fd)
@@ -136,11 +156,11 @@ class PollBackend(Backend):
     # is seen only by the next wait: wake the current one.
 
     def register(self, fd: int, events: int) -> None:
-        self._p.register(fd, events)
+        self._p.register(fd, events & ~EVENT_EXCLUSIVE)
         self.trigger()
 
     def modify(self, fd: int, events: int) -> None:
-        self._p.modify(fd, events)
+        self._p.modify(fd, events & ~EVENT_EXCLUSIVE)
         self.trigger()
 
     def unregister(self, fd: int) -> None:

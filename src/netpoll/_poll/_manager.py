@@ -8,8 +8,9 @@ from typing import Any
 from .._config import LoadBalance, get_config
 from ._balance import new_balancer
 from ._poller import Poller
+from ._poller import reset_monitor as _reset_monitor
 
-__all__ = ["PollManager", "manager", "manager_if_started"]
+__all__ = ["PollManager", "manager", "manager_if_started", "reset_after_fork"]
 
 
 class PollManager:
@@ -57,6 +58,15 @@ def manager() -> PollManager:
                 _manager = PollManager(cfg.poller_num, cfg.load_balance)
             mgr = _manager
     return mgr
+
+
+def reset_after_fork() -> None:
+    """In a child process made by fork: forget the parent's pollers (their threads did
+    not come along), so the first use starts fresh ones."""
+    global _manager, _manager_lock
+    _manager = None
+    _manager_lock = threading.Lock()
+    _reset_monitor()
 
 
 def manager_if_started() -> PollManager | None:

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._backend import EVENT_OUT, EVENT_RDHUP, READ_EVENTS
+from ._backend import EVENT_EXCLUSIVE, EVENT_IN, EVENT_OUT, EVENT_RDHUP, READ_EVENTS
 
 if TYPE_CHECKING:
     from ._poller import Poller, SlowAware
@@ -23,6 +23,7 @@ class PollEvent(enum.Enum):
     R2RW = "r2rw"  # add output interest to a readable fd
     RW2R = "rw2r"  # drop output interest
     HANGUP = "hangup"  # input paused: watch only for a hang-up (a handler of its own)
+    ACCEPT = "accept"  # a listener: input, waking one of the processes sharing it
 
 
 _MASKS = {
@@ -31,6 +32,7 @@ _MASKS = {
     PollEvent.R2RW: READ_EVENTS | EVENT_OUT,
     PollEvent.RW2R: READ_EVENTS,
     PollEvent.HANGUP: EVENT_RDHUP,
+    PollEvent.ACCEPT: EVENT_IN | EVENT_EXCLUSIVE,
 }
 
 

@@ -34,7 +34,7 @@ from typing import Final, Protocol
 from .._config import log as _log
 from ._backend import Backend, new_backend
 
-__all__ = ["Poller", "SlowAware", "Timer", "before_block", "current_poller"]
+__all__ = ["Poller", "SlowAware", "Timer", "before_block", "current_poller", "reset_monitor"]
 
 
 MAX_WAIT: Final = 3600.0  # longest single wait for a timer, in seconds
@@ -456,3 +456,9 @@ class _Monitor:
 
 
 _monitor = _Monitor()
+
+
+def reset_monitor() -> None:
+    """After a fork: the monitor thread did not come along; the next poller starts one."""
+    global _monitor
+    _monitor = _Monitor()
