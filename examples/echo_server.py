@@ -1,12 +1,13 @@
 """Echo server (the seed's section 1.2 example): every byte read is written back.
 
-Run: python examples/echo_server.py [port]   then try: python examples/echo_client.py
+Run: python examples/echo_server.py [--port 8080] [--workers N]
+then try: python examples/echo_client.py    (Ctrl-C or SIGTERM stops it gracefully)
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import sys
 from typing import Any
 
 import netpoll
@@ -24,16 +25,21 @@ def on_request(ctx: Any, conn: netpoll.Connection) -> None:
     conn.release()  # the view is dead from here on
 
 
-def main(port: int = 8080) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    listener = netpoll.create_listener("tcp", f"127.0.0.1:{port}")
-    loop = netpoll.EventLoop(on_request, on_prepare=on_prepare)
-    logging.info("echo server on %s", listener.addr)
-    try:
-        loop.serve(listener)
-    except KeyboardInterrupt:
-        loop.shutdown(timeout=5)
+def make_loop() -> netpoll.EventLoop:
+    return netpoll.EventLoop(on_request, on_prepare=on_prepare)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--workers", type=int, default=1, help="processes (one per core)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] %(message)s")
+    logging.info("echo server on 127.0.0.1:%d, %d worker(s)", args.port, args.workers)
+    netpoll.run(
+        make_loop, "tcp", f"127.0.0.1:{args.port}", workers=args.workers, shutdown_timeout=5
+    )
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8080)
+    main()

@@ -1,11 +1,12 @@
 """HTTP/1.1 "Hello World" with keep-alive and pipelining, on the nocopy Reader API.
 
-Run: python examples/http_hello.py [port]   then: curl -v http://127.0.0.1:8080/
+Run: python examples/http_hello.py [--port 8080] [--workers N]
+then: curl -v http://127.0.0.1:8080/    (Ctrl-C or SIGTERM stops it gracefully)
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from typing import Any
 
 import netpoll
@@ -44,15 +45,20 @@ def on_request(ctx: Any, conn: netpoll.Connection) -> None:
     conn.release()
 
 
-def main(port: int = 8080) -> None:
-    listener = netpoll.create_listener("tcp", f"127.0.0.1:{port}")
-    loop = netpoll.EventLoop(on_request, idle_timeout=60)
-    print(f"HTTP hello on http://127.0.0.1:{port}/")
-    try:
-        loop.serve(listener)
-    except KeyboardInterrupt:
-        loop.shutdown(timeout=5)
+def make_loop() -> netpoll.EventLoop:
+    return netpoll.EventLoop(on_request, idle_timeout=60, max_connections=10_000)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--workers", type=int, default=1, help="processes (one per core)")
+    args = parser.parse_args(argv)
+    print(f"HTTP hello on http://127.0.0.1:{args.port}/ with {args.workers} worker(s)")
+    netpoll.run(
+        make_loop, "tcp", f"127.0.0.1:{args.port}", workers=args.workers, shutdown_timeout=5
+    )
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8080)
+    main()

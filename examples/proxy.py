@@ -5,7 +5,7 @@ neither direction blocks a poller. A client that ends its stream (a half-close, 
 ``shutdown(SHUT_WR)`` or ``nc -N`` do) has it forwarded upstream after its last bytes,
 and still gets the whole reply.
 
-Run: python examples/proxy.py LISTEN_PORT UPSTREAM_PORT
+Run: python examples/proxy.py LISTEN_PORT UPSTREAM_PORT   (Ctrl-C stops it gracefully)
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ def make_proxy(upstream_addr: str) -> netpoll.EventLoop:
 
 
 def main(listen_port: int, upstream_port: int) -> None:
-    loop = make_proxy(f"127.0.0.1:{upstream_port}")
-    listener = netpoll.create_listener("tcp", f"127.0.0.1:{listen_port}")
     print(f"proxy 127.0.0.1:{listen_port} -> 127.0.0.1:{upstream_port}")
-    try:
-        loop.serve(listener)
-    except KeyboardInterrupt:
-        loop.shutdown(timeout=5)
+    netpoll.run(
+        make_proxy(f"127.0.0.1:{upstream_port}"),
+        "tcp",
+        f"127.0.0.1:{listen_port}",
+        shutdown_timeout=5,
+    )
 
 
 if __name__ == "__main__":

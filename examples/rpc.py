@@ -64,6 +64,8 @@ def main(count: int = 1000) -> None:
     listener = netpoll.create_listener("tcp", "127.0.0.1:0")
     loop = netpoll.EventLoop(server_on_request)
     threading.Thread(target=loop.serve, args=(listener,), daemon=True).start()
+    if not loop.wait_serving(5):  # the readiness signal: no polling, no sleeping
+        raise SystemExit("the server did not start")
     conn = netpoll.dial_connection("tcp", listener.addr, timeout=3)
     client = PipelinedClient(conn, count)
     for i in range(count):

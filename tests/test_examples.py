@@ -118,3 +118,45 @@ def test_proxy_forwards_a_half_close_and_relays_the_reply(echo_addr: Any) -> Non
     finally:
         loop.shutdown(5)
         thread.join(5)
+
+
+@pytest.mark.timeout(60)
+def test_http_hello_with_two_workers_stops_on_ctrl_c() -> None:
+    """The example as a user starts it: two workers through netpoll.run, answering
+    requests, then one Ctrl-C to the process group: it exits 0 with no traceback."""
+    import os
+    import signal
+    import subprocess
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    script = Path(__file__).resolve().parent.parent / "examples" / "http_hello.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--port", str(port), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = threading.Event()
+        for _ in range(500):  # bounded: 10 s of connection attempts
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except ConnectionRefusedError:
+                deadline.wait(0.02)
+        else:
+            raise AssertionError("the example never accepted a connection")
+        with s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _recv_exactly(s, len(http_hello.RESPONSE)) == http_hello.RESPONSE
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err.decode()
+        assert b"Traceback" not in err, err.decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

@@ -57,6 +57,7 @@ class ServeUntilSignalled:
         self.timeout = shutdown_timeout
         self._lock = threading.Lock()
         self._signals = 0
+        self._serving = False  # serve() was entered and has not returned yet
         self._stopper: threading.Thread | None = None
         self.forced = 0  # connections closed at the deadline or by a second signal
 
@@ -77,20 +78,42 @@ class ServeUntilSignalled:
             t = threading.Thread(target=self._now, name="netpoll-shutdown", daemon=True)
             t.start()
 
+    def _started(self) -> bool:
+        """Wait until serve() accepts (a shutdown before that would be undone by its
+        start); False if it will not (it was never entered, or already returned)."""
+        while True:
+            with self._lock:
+                if not self._serving:
+                    return False
+            if self.loop.wait_serving(0.05):
+                return True
+
     def _graceful(self) -> None:
+        if not self._started():
+            return
         try:
             self.loop.shutdown(self.timeout)
         except TimeoutError:
             self._now()
 
     def _now(self) -> None:
+        if not self._started():
+            return
         busy = self.loop.stats().connections_open
         self.loop.shutdown(0, force=True)
         with self._lock:
             self.forced = max(self.forced, busy)
 
     def serve(self, listener: Listener | socket.socket, *, shared: bool = False) -> None:
-        self.loop.serve(listener, shared=shared)
+        with self._lock:
+            if self._signals:  # stopped before it started
+                return
+            self._serving = True
+        try:
+            self.loop.serve(listener, shared=shared)
+        finally:
+            with self._lock:
+                self._serving = False
         stopper = self._stopper
         with self._lock:
             hurry = self._signals > 1

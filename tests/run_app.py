@@ -1,0 +1,107 @@
+"""A ``netpoll.run`` application driven by ``tests/test_run.py`` as a real process.
+
+Usage::
+
+    python tests/run_app.py --workers N --network tcp --address 127.0.0.1:PORT \
+        --shutdown-timeout S [--mode normal|fail-at-start|instance]
+
+It logs to stderr at INFO (every line carries the pid) and serves a line protocol:
+
+- ``pid``       -> the serving process's pid
+- ``sleep X``   -> sleeps X seconds (blocking the library cannot see), then ``done``
+- ``echo TEXT`` -> ``TEXT``
+
+Each process that builds the app logs ``APP pid=N`` when the factory runs and
+``SERVING pid=N`` once its loop accepts connections (``wait_serving``); a handler about
+to sleep logs ``SLEEPING pid=N``. The test reads those lines to synchronise.
+
+``--mode fail-at-start``: the factory raises ``ValueError("boom")``.
+``--mode instance``: an ``EventLoop`` instance instead of a factory (``workers=1`` only).
+
+After ``netpoll.run`` returns it prints ``RUN RETURNED`` to stdout and exits 0; an
+exception from it propagates (a traceback and a non-zero exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import netpoll
+
+log = logging.getLogger("run_app")
+
+
+def on_request(ctx: Any, conn: netpoll.Connection) -> None:
+    line = conn.read_line().tobytes()
+    conn.release()
+    cmd, _, arg = line.partition(b" ")
+    if cmd == b"pid":
+        reply = f"{os.getpid()}\n".encode()
+    elif cmd == b"sleep":
+        log.info("SLEEPING pid=%d for %ss", os.getpid(), arg.decode())
+        time.sleep(float(arg))
+        reply = b"done\n"
+    elif cmd == b"echo":
+        reply = arg + b"\n"
+    else:
+        reply = b"unknown\n"
+    conn.write_binary(reply)
+    conn.flush()
+
+
+def _announce(loop: netpoll.EventLoop) -> None:
+    if loop.wait_serving(60.0):
+        log.info("SERVING pid=%d", os.getpid())
+
+
+def make_app() -> netpoll.EventLoop:
+    log.info("APP pid=%d", os.getpid())
+    loop = netpoll.EventLoop(on_request)
+    threading.Thread(target=_announce, args=(loop,), daemon=True).start()
+    return loop
+
+
+def fail_at_start() -> netpoll.EventLoop:
+    log.info("APP pid=%d", os.getpid())
+    raise ValueError("boom")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--network", default="tcp")
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--mode", choices=("normal", "fail-at-start", "instance"), default="normal"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s pid=%(process)d %(levelname)s %(name)s: %(message)s",
+    )
+    app: netpoll.EventLoop | Any
+    if args.mode == "fail-at-start":
+        app = fail_at_start
+    elif args.mode == "instance":
+        app = make_app()
+    else:
+        app = make_app
+    log.info("SUPERVISOR pid=%d workers=%d", os.getpid(), args.workers)
+    netpoll.run(
+        app,
+        args.network,
+        args.address,
+        workers=args.workers,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    print("RUN RETURNED", flush=True)
+
+
+if __name__ == "__main__":
+    main()
