@@ -544,6 +544,7 @@ class Connection:
                     self._suspect = False
             lock = self._lock
             lock.acquire()
+            again = False  # not `continue` in the try: mypyc does not compile that
             try:
                 left = inb._rlen
                 current = self._on_request
@@ -556,7 +557,7 @@ class Connection:
                             slow_pool().submit(self._process, True)
                             return
                         replaced = False
-                        continue
+                        again = True
                 elif (
                     not self._state
                     and left
@@ -566,15 +567,17 @@ class Connection:
                     # The handler was replaced: the new one gets a turn, but one only while
                     # nothing moves (handlers that keep replacing themselves must not spin).
                     replaced = not progress
-                    continue
-                self._processing = False
-                if self._paused:
-                    self._maybe_resume_locked()
-                closed = self._state
-                eof = self._eof
+                    again = True
+                if not again:
+                    self._processing = False
+                    if self._paused:
+                        self._maybe_resume_locked()
+                    closed = self._state
+                    eof = self._eof
             finally:
                 lock.release()
-            break
+            if not again:
+                break
         if closed or eof:
             if closed:
                 self._drop_buffers()
