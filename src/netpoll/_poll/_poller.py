@@ -381,17 +381,17 @@ class _Monitor:
     def __init__(self) -> None:
         self._pollers: weakref.WeakKeyDictionary[Poller, int] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
         self.interval = MONITOR_INTERVAL
 
     def watch(self, poller: Poller) -> None:
         with self._lock:
             self._pollers[poller] = -1
-            if self._thread is None:
-                self._thread = threading.Thread(
+            if self._worker is None:
+                self._worker = threading.Thread(
                     target=self._run, name="netpoll-monitor", daemon=True
                 )
-                self._thread.start()
+                self._worker.start()
 
     def unwatch(self, poller: Poller) -> None:
         with self._lock:
