@@ -16,7 +16,6 @@ import heapq
 import itertools
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Final, Protocol
 
@@ -379,7 +378,8 @@ class _Monitor:
     """Looks at every poller each interval; promotes a follower where a leader is stuck."""
 
     def __init__(self) -> None:
-        self._pollers: weakref.WeakKeyDictionary[Poller, int] = weakref.WeakKeyDictionary()
+        # A plain dict, emptied by Poller.close(): compiled Pollers take no weak references.
+        self._pollers: dict[Poller, int] = {}
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self.interval = MONITOR_INTERVAL
