@@ -33,13 +33,13 @@ def _build_name() -> str:
     return "compiled" if netpoll.compiled else "pure"
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    where = os.path.dirname(netpoll.__file__ or "?")
-    return f"netpoll {netpoll.__version__}: {_build_name()} build, from {where}"
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """With NETPOLL_EXPECT_BUILD=compiled|pure set, refuse to test the other build."""
+    """Say which build is under test (even with -q); with NETPOLL_EXPECT_BUILD=compiled|pure
+    set, refuse to test the other one."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        where = os.path.dirname(netpoll.__file__ or "?")
+        reporter.write_line(f"netpoll {netpoll.__version__}: {_build_name()} build, from {where}")
     expected = os.environ.get("NETPOLL_EXPECT_BUILD", "").strip().lower()
     if expected and expected not in ("compiled", "pure"):
         pytest.exit(f"NETPOLL_EXPECT_BUILD must be compiled or pure, not {expected!r}", 4)
