@@ -26,6 +26,42 @@ IO_TIMEOUT = 10.0  # the longest any single client socket operation may block
 SHUTDOWN_TIMEOUT = 5.0
 
 
+# --------------------------------------------------------------------------- the build
+
+
+def _build_name() -> str:
+    return "compiled" if netpoll.compiled else "pure"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Say which build is under test (even with -q); with NETPOLL_EXPECT_BUILD=compiled|pure
+    set, refuse to test the other one."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        where = os.path.dirname(netpoll.__file__ or "?")
+        reporter.write_line(f"netpoll {netpoll.__version__}: {_build_name()} build, from {where}")
+    expected = os.environ.get("NETPOLL_EXPECT_BUILD", "").strip().lower()
+    if expected and expected not in ("compiled", "pure"):
+        pytest.exit(f"NETPOLL_EXPECT_BUILD must be compiled or pure, not {expected!r}", 4)
+    if expected and expected != _build_name():
+        pytest.exit(
+            f"NETPOLL_EXPECT_BUILD={expected} but the netpoll imported from "
+            f"{netpoll.__file__} is the {_build_name()} build",
+            3,
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``pure_only`` look at interpreted internals: skipped when compiled."""
+    if not netpoll.compiled:
+        return
+    for item in items:
+        marker = item.get_closest_marker("pure_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"pure build only: {reason}"))
+
+
 # --------------------------------------------------------------------------- helpers
 
 

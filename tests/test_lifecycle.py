@@ -344,6 +344,9 @@ def test_set_on_request_after_peer_close_still_delivers_buffered_response() -> N
 
 
 @pytest.mark.timeout(15)
+@pytest.mark.pure_only(
+    reason="monkeypatches netpoll._server.manager, which compiled code calls directly"
+)
 def test_shutdown_racing_the_start_of_serve_leaves_nothing_accepting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,12 +1,17 @@
-"""netpoll: a pure-Python reactor networking library with zero-copy buffers.
+"""netpoll: a Python reactor networking library with zero-copy buffers.
 
 A port of CloudWeGo Netpoll: ``EventLoop`` serves connections with blocking-style
 handlers that never stall the server, ``LinkBuffer`` reads and writes without copying.
+One source, two builds: compiled to C extensions by mypyc, or plain Python
+(``netpoll.compiled`` tells which; ``python -m netpoll`` prints it with the rest of a bug
+report's facts).
 """
 
 from __future__ import annotations
 
-from . import mux
+from importlib.machinery import EXTENSION_SUFFIXES
+
+from . import _connection, mux
 from ._config import (
     LoadBalance,
     configure,
@@ -44,6 +49,9 @@ from ._server import EventLoop, ServerStats
 
 __version__ = "0.1.0"
 
+#: True when the running modules are the compiled (mypyc) build, False for the pure one.
+compiled: bool = (_connection.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+
 __all__ = [
     "Connection",
     "ConnectionClosedError",
@@ -62,6 +70,7 @@ __all__ = [
     "ServerStats",
     "WriteTimeoutError",
     "Writer",
+    "compiled",
     "configure",
     "create_listener",
     "dial_connection",

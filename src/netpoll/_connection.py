@@ -599,6 +599,7 @@ class Connection:
                 slow = self._judge_run(on_pool, now - t0, now)
             lock = self._lock
             lock.acquire()
+            again = False  # not `continue` in the try: mypyc does not compile that
             try:
                 left = inb._rlen
                 current = self._on_request
@@ -611,7 +612,7 @@ class Connection:
                             SLOW_POOL.submit(self._process_on_pool)
                             return
                         replaced = False
-                        continue
+                        again = True
                 elif (
                     not self._state
                     and left
@@ -621,15 +622,17 @@ class Connection:
                     # The handler was replaced: the new one gets a turn, but one only while
                     # nothing moves (handlers that keep replacing themselves must not spin).
                     replaced = not progress
-                    continue
-                self._processing = False
-                if self._paused:
-                    self._maybe_resume_locked()
-                closed = self._state
-                eof = self._eof
+                    again = True
+                if not again:
+                    self._processing = False
+                    if self._paused:
+                        self._maybe_resume_locked()
+                    closed = self._state
+                    eof = self._eof
             finally:
                 lock.release()
-            break
+            if not again:
+                break
         if closed or eof:
             if closed:
                 self._drop_buffers()

@@ -6,7 +6,7 @@ import itertools
 import random
 import zlib
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .._config import LoadBalance
 
@@ -18,14 +18,14 @@ T = TypeVar("T")
 class Balancer:
     """Picks one of ``items`` for a connection from ``remote_addr``."""
 
-    kind = LoadBalance.ROUND_ROBIN
+    kind: ClassVar[LoadBalance] = LoadBalance.ROUND_ROBIN
 
     def pick(self, items: Sequence[T], remote_addr: Any) -> T:
         raise NotImplementedError
 
 
 class _RoundRobin(Balancer):
-    kind = LoadBalance.ROUND_ROBIN
+    kind: ClassVar[LoadBalance] = LoadBalance.ROUND_ROBIN
 
     def __init__(self) -> None:
         self._counter = itertools.count()  # next() on a count is atomic
@@ -35,7 +35,7 @@ class _RoundRobin(Balancer):
 
 
 class _Random(Balancer):
-    kind = LoadBalance.RANDOM
+    kind: ClassVar[LoadBalance] = LoadBalance.RANDOM
 
     def pick(self, items: Sequence[T], remote_addr: Any) -> T:
         return items[random.randrange(len(items))]
@@ -44,7 +44,7 @@ class _Random(Balancer):
 class _SourceAddrHash(Balancer):
     """Every connection from one remote host lands on the same poller."""
 
-    kind = LoadBalance.SOURCE_ADDR_HASH
+    kind: ClassVar[LoadBalance] = LoadBalance.SOURCE_ADDR_HASH
 
     def pick(self, items: Sequence[T], remote_addr: Any) -> T:
         host = remote_addr[0] if isinstance(remote_addr, tuple) else remote_addr

@@ -27,7 +27,6 @@ import heapq
 import itertools
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Final, Protocol
 
@@ -425,19 +424,20 @@ class _Monitor:
     """Looks at every poller each interval; promotes a follower where a leader is stuck."""
 
     def __init__(self) -> None:
-        self._pollers: weakref.WeakKeyDictionary[Poller, int] = weakref.WeakKeyDictionary()
+        # A plain dict, emptied by Poller.close(): compiled Pollers take no weak references.
+        self._pollers: dict[Poller, int] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
         self.interval = MONITOR_INTERVAL
 
     def watch(self, poller: Poller) -> None:
         with self._lock:
             self._pollers[poller] = -1
-            if self._thread is None:
-                self._thread = threading.Thread(
+            if self._worker is None:
+                self._worker = threading.Thread(
                     target=self._run, name="netpoll-monitor", daemon=True
                 )
-                self._thread.start()
+                self._worker.start()
 
     def unwatch(self, poller: Poller) -> None:
         with self._lock:
