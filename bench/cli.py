@@ -32,7 +32,7 @@ from bench.tools import INSTALL_HINTS, Toolbox
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DOCS_DIR = REPO_ROOT / "docs"
-QUICK_CONTENDERS = ("netpoll", "asyncio-protocol", "uvloop-protocol", "epoll")
+QUICK_CONTENDERS = ("netpoll", "netpoll-pure", "asyncio-protocol", "uvloop-protocol", "epoll")
 QUICK_WORKLOADS = ("echo-128-c50", "frames-128-c50", "http-c50", "resp-c50")
 FULL = Settings()
 QUICK = Settings(warmup=0.5, duration=2.0, redis_test_seconds=0.75, runs=1)

@@ -89,6 +89,14 @@ class Settings:
     server_cpu: int = 0
     load_cpu: int = 1
     server_python: str = sys.executable
+    # The interpreter of the netpoll-pure contender: a venv holding the pure build.
+    pure_python: str = os.environ.get("NETPOLL_BENCH_PURE_PYTHON") or (
+        ".venv-pure/bin/python" if os.path.exists(".venv-pure/bin/python") else sys.executable
+    )
+
+    def python_for(self, contender: str) -> str:
+        """The interpreter that runs ``contender``'s server."""
+        return self.pure_python if contender == "netpoll-pure" else self.server_python
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -183,7 +191,7 @@ class Server:
     def __enter__(self) -> Server:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         cmd = [
-            self.settings.server_python,
+            self.settings.python_for(self.contender),
             "-m",
             "bench.server",
             "--contender",
@@ -470,13 +478,13 @@ def estimate_seconds(w: Workload, s: Settings) -> float:
 
 def check_contender(contender: str, s: Settings) -> str | None:
     """Why ``contender`` cannot run here, or None (asks a server subprocess)."""
-    cmd = [s.server_python, "-m", "bench.server", "--check", "--contender", contender]
+    cmd = [s.python_for(contender), "-m", "bench.server", "--check", "--contender", contender]
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=child_env()
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        return f"cannot start {s.server_python}: {exc}"
+        return f"cannot start {s.python_for(contender)}: {exc}"
     if proc.returncode == 0:
         return None
     lines = (proc.stdout.strip() or proc.stderr.strip() or "check failed").splitlines()

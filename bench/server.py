@@ -30,7 +30,8 @@ from bench.protocols import (
 )
 
 CONTENDERS = (
-    "netpoll",
+    "netpoll",  # the build installed in the benchmark's interpreter: compiled, normally
+    "netpoll-pure",  # the pure-Python build, run by Settings.pure_python (.venv-pure)
     "asyncio-protocol",
     "asyncio-streams",
     "uvloop-protocol",
@@ -67,7 +68,7 @@ def check(contender: str) -> str | None:
             importlib.import_module("uvloop")
         except ImportError:
             return "uvloop is not installed (pip install uvloop, or pip install -e '.[bench]')"
-    if contender == "netpoll":
+    if contender.startswith("netpoll"):
         try:
             netpoll = importlib.import_module("netpoll")
         except Exception as exc:
@@ -75,6 +76,11 @@ def check(contender: str) -> str | None:
         missing = [n for n in ("EventLoop", "create_listener") if not hasattr(netpoll, n)]
         if missing:
             return f"netpoll lacks {', '.join(missing)}"
+        if contender == "netpoll-pure" and getattr(netpoll, "compiled", False):
+            return (
+                f"{sys.executable} runs the compiled build: make a venv with "
+                "NETPOLL_PURE_PYTHON=1 pip install . (scripts/demo.sh makes .venv-pure)"
+            )
     if not hasattr(select, "epoll") and (contender == "epoll" or contender.startswith("floor")):
         return "select.epoll is not available on this platform"
     return None
@@ -370,7 +376,7 @@ def run_netpoll(workload: str, port: int) -> None:
 
 def serve(contender: str, workload: str, port: int) -> None:
     raise_nofile_limit()
-    if contender == "netpoll":
+    if contender in ("netpoll", "netpoll-pure"):
         run_netpoll(workload, port)
     elif contender == "epoll":
         run_epoll(workload, port)

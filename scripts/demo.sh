@@ -7,8 +7,9 @@
 #   PYTHON=python3.13 scripts/demo.sh              # another interpreter for the venv
 #
 # Installs (with apt-get, when missing): wrk, redis-tools, gcc, util-linux (taskset);
-# creates .venv with $PYTHON (default python3) and installs the project with its bench
-# extra (uvloop, matplotlib); builds the C load generator; runs `python -m bench --quick`.
+# creates .venv with $PYTHON (default python3) and installs the compiled build with its bench
+# extra (uvloop, matplotlib), and the pure build into .venv-pure; builds the C load generator;
+# runs `python -m bench --quick`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,9 +66,17 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
   fi
 fi
-say "installing netpoll with the bench extra (uvloop, matplotlib) into .venv"
+say "installing netpoll (compiled) with the bench extra (uvloop, matplotlib) into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[bench]'
+# Not editable: the compiled modules land in the venv, never beside the sources.
+env -u NETPOLL_PURE_PYTHON .venv/bin/python -m pip install -q '.[bench]'
+.venv/bin/python -m netpoll | sed 's/^/    /' >&2
+if [ ! -x .venv-pure/bin/python ]; then
+  "$PYTHON" -m venv .venv-pure
+fi
+say "installing the pure-Python build into .venv-pure (the netpoll-pure contender)"
+NETPOLL_PURE_PYTHON=1 .venv-pure/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+NETPOLL_PURE_PYTHON=1 .venv-pure/bin/python -m pip install -q .
 
 # 3. Build the load generator and show what can run.
 say "checking tools and contenders"

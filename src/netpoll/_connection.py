@@ -54,6 +54,7 @@ _MIN_RECV_FREE: Final = 2048  # below this much tail space, receive into a new n
 DEFAULT_READ_BUFFER_LIMIT: Final = 64 << 20
 _WAIT_SLICE: Final = 0.5  # a flush waiting for writability re-checks state this often
 _MAX_PENDING_PARTS: Final = 64  # beyond this many queued writes, copy into the buffer
+FIRST_REQUEST_GRACE: Final = 1.0  # shutdown: seconds a fresh connection has to send
 _SLOW_HANDLER: Final = 0.001  # seconds; a handler run longer than this moves off the poller
 # A connection marked slow runs its tasks on the slow pool until a run there is quick.
 # A run there longer than _BLOCKED_ON_POOL blocked for sure (waiting for the GIL lasts a
@@ -63,9 +64,6 @@ _SLOW_HANDLER: Final = 0.001  # seconds; a handler run longer than this moves of
 # was merely preempted cannot stick.
 _BLOCKED_ON_POOL: Final = 0.02
 SLOW_RETRY: Final = 1.0
-# Values of Connection._suspect: whether the next handler run is timed.
-_TRUSTED: Final = 0  # not timed unless the poller times every run
-_SUSPECT: Final = 1  # timed: it took part in a slow batch, or is back from the pool
 _RECV_GROWTH: Final = 4  # receive blocks grow up to this many times the configured size
 
 # Reasons a connection was closed, for the server's statistics.
@@ -240,7 +238,7 @@ class Connection:
         self._processing = False
         self._slow = False  # its handler blocks invisibly: run tasks on the slow pool
         self._slow_since = 0.0  # when it was marked slow (see SLOW_RETRY)
-        self._suspect = _TRUSTED
+        self._suspect = False  # time the next handler run (a slow batch, back from the pool)
         self._need = 0  # bytes a blocked reader waits for
         self._paused = False  # reading stopped by the read buffer limit
         # The peer hung up while reading was paused (_HUNG_UP): its last bytes wait in the
@@ -375,8 +373,7 @@ class Connection:
 
         Set from the leader without the lock: a lost update costs one untimed run more.
         """
-        if self._suspect == _TRUSTED:
-            self._suspect = _SUSPECT
+        self._suspect = True
 
     def mark_slow(self) -> None:
         """The monitor replaced a leader stuck in this connection's handler."""
@@ -389,7 +386,7 @@ class Connection:
         if elapsed <= _SLOW_HANDLER or not (on_pool or current_poller() is not None):
             # Quick, or a leader that handed off before a wait the library saw: fine.
             self._slow = False
-            self._suspect = _TRUSTED
+            self._suspect = False
             return False
         if not on_pool or not self._slow or elapsed > _BLOCKED_ON_POOL:
             # Slow on the poller, on the pool while its poller offloads, or blocked for
@@ -399,7 +396,7 @@ class Connection:
             return True
         if now - self._slow_since > SLOW_RETRY:
             self._slow = False  # no sure sign for a while: another, timed, try inline
-            self._suspect = _SUSPECT
+            self._suspect = True
             return False
         return True
 
@@ -579,7 +576,7 @@ class Connection:
             # Runs are timed on the slow pool, and inline only after a slow batch of the
             # poller (this connection's, or any in the last second): timing every run
             # would cost two clock reads per request.
-            timed = on_pool or self._suspect != _TRUSTED or self._poller.timing
+            timed = on_pool or self._suspect or self._poller.timing
             if timed:
                 t0 = monotonic()
             try:
@@ -641,6 +638,36 @@ class Connection:
                 self._end_of_stream()
         elif self._hooks is not None and self._hooks.draining:
             self._hooks.on_idle(self)
+
+    def _drain(self) -> None:
+        """Shutdown: close unless busy; answer input already here first (on the poller,
+        not the caller's thread, so no handler outlasts shutdown's timeout). A connection
+        that has not sent a byte yet, accepted just before the shutdown, gets
+        FIRST_REQUEST_GRACE seconds for its first request: closing it at once would fail
+        a client that connected in time (a worker replaced on SIGHUP, for one)."""
+        with self._lock:
+            if self._state != _OPEN or self._processing or self._need:
+                return
+            if self._in._rlen == 0 and not self._eof:
+                self._read_through_locked()  # requests already in the kernel still count
+            start = bool(self._in._rlen) and self._connected and self._on_request is not None
+            if start:
+                self._processing = True
+            fresh = not start and self._bytes_in == 0 and not self._eof
+        if start:
+            self._poller.call_later(0, self._start_task)
+        elif fresh:
+            self._poller.call_later(FIRST_REQUEST_GRACE, self._drain_fresh)
+        else:
+            self._close(CLOSE_SHUTDOWN)
+
+    def _drain_fresh(self) -> None:
+        """The grace of a fresh connection is over: close it unless it is at work now
+        (its handler closes it when done: the server's ``on_idle`` while draining)."""
+        with self._lock:
+            if self._state != _OPEN or self._processing or self._need or self._in._rlen:
+                return
+        self._close(CLOSE_SHUTDOWN)
 
     def _handler_failed(self, exc: BaseException) -> None:
         with self._lock:

@@ -128,7 +128,7 @@ class ServeUntilSignalled:
 
 def _check_args(app: object, workers: object, shutdown_timeout: object) -> float:
     if isinstance(workers, bool) or not isinstance(workers, int):
-        raise TypeError(f"workers must be an int, not {type(workers).__name__}")
+        raise TypeError(f"workers must be int, not {type(workers).__name__}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if isinstance(app, EventLoop):

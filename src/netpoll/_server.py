@@ -388,7 +388,7 @@ class EventLoop:
         with self._lock:
             conns = list(self._conns)
         for conn in conns:
-            self._close_if_idle(conn)
+            conn._drain()
         deadline = None if limit is None else time.monotonic() + limit
         try:
             with self._lock:
@@ -406,23 +406,6 @@ class EventLoop:
                 conn._close(C.CLOSE_SHUTDOWN)
         finally:
             self._stopped.set()
-
-    def _close_if_idle(self, conn: Connection) -> None:
-        """During shutdown: close a connection unless it is busy or has input to answer."""
-        with conn._lock:
-            if conn._state != C._OPEN or conn._processing or conn._need:
-                return
-            if conn._in._rlen == 0 and not conn._eof:
-                conn._read_through_locked()  # requests already in the kernel still count
-            start = bool(conn._in._rlen) and conn._connected and conn._on_request is not None
-            if start:
-                conn._processing = True
-        if start:
-            # On the connection's poller, not here: shutdown() must not run handlers on
-            # its caller's thread, nor let one outlast its timeout.
-            conn.poller.call_later(0, conn._start_task)
-        else:
-            conn._close(C.CLOSE_SHUTDOWN)
 
     # ------------------------------------------------------------------ introspection
 
