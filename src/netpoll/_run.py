@@ -117,8 +117,12 @@ class ServeUntilSignalled:
         stopper = self._stopper
         with self._lock:
             hurry = self._signals > 1
-        if stopper is not None and not hurry:
-            stopper.join()  # the graceful stop ends (it closes what is left at its deadline)
+        while stopper is not None and not hurry and stopper.is_alive():
+            # The graceful stop ends (it closes what is left at its deadline). In slices,
+            # as in serve(): a second signal must get its handler run.
+            stopper.join(0.25)
+            with self._lock:
+                hurry = self._signals > 1
         if self.forced:
             _log.warning(
                 "netpoll: %d connection(s) were still busy at shutdown and were closed",

@@ -33,6 +33,7 @@ _ACCEPT_BATCH: Final = 256
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PAUSE_MIN: Final = 0.05
 _PAUSE_MAX: Final = 1.0
+_SIGNAL_SLICE: Final = 0.25  # serve() wakes this often to let signal handlers run
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,10 @@ class EventLoop:
                     self._lop = FDOperator(lsock.fileno(), self._on_acceptable, poller)
                     self._lop.control(PollEvent.ACCEPT)
                     self._ready.set()
-            self._stopped.wait()
+            # Waits in slices: Python runs signal handlers on the main thread only, and a
+            # signal the kernel gave another thread would wait for an untimed wait forever.
+            while not self._stopped.wait(_SIGNAL_SLICE):
+                pass
             if self._fatal is not None:
                 raise self._fatal
         finally:
@@ -244,6 +248,19 @@ class EventLoop:
                 return
             self._pause_delay = _PAUSE_MIN
             self._new_connection(sock, addr)
+        if self._accept_batch == 1:
+            self._requeue_listener()
+
+    def _requeue_listener(self) -> None:
+        """A listener shared with other processes: after an accept, register it again, so
+        this process goes to the back of the listener's wait queue. EPOLLEXCLUSIVE wakes
+        the first idle waiter in that queue, so otherwise one idle process would take
+        every connection that arrives while the others are idle too."""
+        with self._lock:
+            op = self._lop
+            if op is not None and op.registered and not self._at_limit:
+                op.control(PollEvent.DETACH)
+                op.control(PollEvent.ACCEPT)
 
     def _pause_at_limit(self) -> bool:
         """``max_connections`` are open: stop watching the listener until one closes (new
