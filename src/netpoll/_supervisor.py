@@ -3,7 +3,8 @@
 Design (see docs/design.md, "Several cores"):
 - The supervisor opens the listening socket once and forks the workers; each registers
   the inherited socket with ``EPOLLEXCLUSIVE`` (one wake-up per new connection, not one
-  per worker) and accepts one connection per wake-up, so connections spread evenly. The
+  per worker), accepts one connection per wake-up and registers the socket again, which
+  moves it to the back of the kernel's queue of waiters, so idle workers take turns. The
   socket is never closed while serving, so replacing a worker loses nothing queued in
   its backlog (closing one of several ``SO_REUSEPORT`` listeners resets the connections
   in its queue), and unix sockets work as well as TCP.
