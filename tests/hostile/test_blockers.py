@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import queue
-import resource
 import selectors
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from typing import Any
 import pytest
 
 import netpoll
+from conftest import raise_nofile_limit as raise_nofile
 
 from ._harness import IO_TIMEOUT, connect, frame, record, recv_exact, wait_for
 
@@ -53,18 +53,6 @@ STALL_SENT = 10  # ... of which only this much is sent at first
 MARK_S = 0.05  # a first request's invisible block: the connection gets marked slow
 THREAD_SLACK = 20  # threads the process may keep above its count before the test
 THREADS_SETTLE = 40.0  # seconds for idle pool threads to exit (documented: about 10 s)
-
-
-def raise_nofile(need: int) -> None:
-    """Raise the soft RLIMIT_NOFILE to the hard limit if ``need`` descriptors don't fit
-    (as tests/conftest.py's ``raise_nofile_limit`` does)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        new = hard if hard == resource.RLIM_INFINITY else max(soft, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        soft = new
-    if soft != resource.RLIM_INFINITY and soft < need:
-        pytest.skip(f"RLIMIT_NOFILE is {soft}, the test needs {need} descriptors")
 
 
 # --------------------------------------------------------------------------- clients
