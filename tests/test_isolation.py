@@ -181,13 +181,19 @@ def test_invisibly_blocking_handler_moves_off_the_poller(
 
     srv = serve(handler)
     stop = threading.Event()
+    ping_errors: list[BaseException] = []
 
     def pinger() -> None:  # other traffic keeps the poller busy all along
         p = srv.connect()
-        while not stop.wait(0.005):
-            p.sendall(b"ping")
-            assert recv_exact(p, 4) == b"ping"
-        p.close()
+        try:
+            while not stop.wait(0.005):
+                p.sendall(b"ping")
+                if recv_exact(p, 4) != b"ping":
+                    raise AssertionError("a ping came back wrong")
+        except BaseException as exc:  # asserted on the test's thread below
+            ping_errors.append(exc)
+        finally:
+            p.close()
 
     ping = threading.Thread(target=pinger, daemon=True)
     ping.start()
@@ -200,6 +206,7 @@ def test_invisibly_blocking_handler_moves_off_the_poller(
     finally:
         stop.set()
         ping.join(IO_TIMEOUT)
+    assert not ping_errors, ping_errors
     assert len(threads) == 4, threads
     assert pooled(name.startswith("netpoll-slow") for name in threads[1:3]), threads
     if pooled is all:
