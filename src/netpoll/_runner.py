@@ -72,17 +72,6 @@ class SlowPool:
         self._idle.clear()
         self._threads = self._running = 0
 
-    def release_idle(self) -> int:
-        """Let every idle thread exit now instead of after ``idle_exit`` (they are a cache,
-        like the block pool's free blocks); returns how many were told to."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-            self._threads -= len(idle)
-        for worker in idle:
-            worker.task = None  # no task: the thread ends
-            worker.gate.release()
-        return len(idle)
-
     @property
     def threads(self) -> int:
         """Threads alive in the pool (running, waiting for input, or idle)."""

@@ -127,17 +127,7 @@ def trim_heap() -> None:
 
 
 def heap_blocks() -> int:
-    """Python heap blocks allocated in this process after a full collection, with the
-    slow pool's idle threads let go first (a cache of threads, as the block pool is one
-    of blocks: they would exit by themselves some seconds later)."""
-    from netpoll._runner import SLOW_POOL
-
-    alive = threading.active_count()
-    released = SLOW_POOL.release_idle()
-    if released:
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and threading.active_count() > alive - released:
-            threading.Event().wait(0.01)
+    """Python heap blocks allocated in this process after a full collection."""
     gc.collect()
     return sys.getallocatedblocks()
 
