@@ -906,7 +906,7 @@ def test_sighup_reload_drops_nothing(apps: list[AppProcess]) -> None:
     UNASKED_CLOSED_AT_DRAIN,
     strict=True,
     reason=(
-        "bug: on SIGHUP an old worker's drain (EventLoop.shutdown -> _close_if_idle) "
+        "bug: on SIGHUP an old worker's drain (EventLoop.shutdown -> Connection._drain) "
         "closed at once every connection with nothing buffered, including those it "
         "accepted whose first request has not arrived yet: their clients get EOF or a "
         "reset on that first request, so a reload drops connections (under load too: "
