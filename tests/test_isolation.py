@@ -211,6 +211,8 @@ def test_invisibly_blocking_handler_moves_off_the_poller(
     assert pooled(name.startswith("netpoll-slow") for name in threads[1:3]), threads
     if pooled is all:
         assert threads[3].startswith("netpoll-slow"), threads
+    # the pool's threads are in the server's stats (an idle one stays 10 s)
+    assert srv.loop.stats().slow_pool_threads >= 1
 
 
 @pytest.mark.timeout(30)

@@ -75,7 +75,8 @@ class SlowPool:
     @property
     def threads(self) -> int:
         """Threads alive in the pool (running, waiting for input, or idle)."""
-        return self._threads
+        with self._lock:
+            return self._threads
 
     def submit(self, task: Task) -> None:
         """Run ``task`` on a pool thread: an idle one, a new one, or the next one free."""

@@ -25,6 +25,7 @@ from ._listener import Listener
 from ._poll._manager import manager
 from ._poll._operator import FDOperator, PollEvent
 from ._poll._poller import Poller, Timer
+from ._runner import SLOW_POOL
 
 __all__ = ["EventLoop", "ServerStats"]
 
@@ -51,6 +52,9 @@ class ServerStats:
     closed_by_idle_timeout: int
     accept_pauses: int  # accepting paused for want of file descriptors
     connection_limit_pauses: int = 0  # accepting paused at ``max_connections``
+    # Threads of the process-wide pool that runs handlers which blocked (running, waiting
+    # for input, or idle until they exit): a figure for the process, not this loop.
+    slow_pool_threads: int = 0
 
 
 class _ServerHooks(_Hooks):
@@ -442,6 +446,7 @@ class EventLoop:
                 closed_by_idle_timeout=self._timeouts[C.CLOSE_IDLE_TIMEOUT],
                 accept_pauses=self._accept_pauses,
                 connection_limit_pauses=self._limit_pauses,
+                slow_pool_threads=SLOW_POOL.threads,
             )
 
     @property

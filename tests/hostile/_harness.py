@@ -48,6 +48,8 @@ MiB = 1 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 IO_TIMEOUT = 5.0  # the longest a single client socket operation may block
 MAX_STALL = 1.0  # the bound on a well-behaved client's worst round trip during a case
+# How long the heap-block check waits for idle slow-pool threads to exit (IDLE_EXIT, 10 s)
+BLOCKS_SETTLE = 13.0
 
 # --------------------------------------------------------------------------- /proc
 
@@ -837,10 +839,24 @@ class Case:
             wait_for(lambda: self.stats()["live_connections"] <= count, timeout, interval=0.25)
             self.conns_after = self.stats()["live_connections"]
         self.figures["live_connection_objects"] = [self.conns_before, self.conns_after]
+        self.figures["slow_pool_threads"] = [
+            self.stats0["slow_pool_threads"],
+            self.stats1["slow_pool_threads"],
+        ]
         self.after = self._usage()
+        if self.after.blocks - self.before.blocks > self.block_slack:
+            # Slow-pool threads the case started stay parked (with their frames and
+            # thread state) until they have been idle for IDLE_EXIT seconds; a leak stays.
+            t0 = time.monotonic()
+            wait_for(self._blocks_within_slack, BLOCKS_SETTLE, interval=0.5)
+            self.figures["blocks_settle_s"] = round(time.monotonic() - t0, 2)
         self.report = self.canaries.stop()
         self.figures.update(self.report.figures())
         self.figures.update(memory_figures(self.before, self.after, self._peak.peak))
+
+    def _blocks_within_slack(self) -> bool:
+        self.after = self._usage()
+        return self.after.blocks - self.before.blocks <= self.block_slack
 
     def check(
         self,
@@ -854,7 +870,8 @@ class Case:
         arenas of short-lived threads make RSS drift by a few MiB without any leak).
         ``block_slack`` (given to the constructor): growth allowed in live Python heap
         blocks; a leak of one object per hostile connection exceeds it in every case with
-        thousands of connections.
+        thousands of connections. ``finish()`` gives idle slow-pool threads up to
+        ``BLOCKS_SETTLE`` seconds to exit before this is judged.
         """
         assert self.report is not None, "finish() was not called"
         assert self.settled, (
@@ -871,7 +888,9 @@ class Case:
         )
         blocks = self.after.blocks - self.before.blocks
         assert blocks <= self.block_slack, (
-            f"{blocks} more Python heap blocks alive than before (bound {self.block_slack})"
+            f"{blocks} more Python heap blocks alive than before (bound {self.block_slack}); "
+            f"slow-pool threads {self.stats0['slow_pool_threads']} before, "
+            f"{self.stats()['slow_pool_threads']} after"
         )
         assert self.conns_after <= self.conns_before, (
             f"{self.conns_after - self.conns_before} Connection objects outlived their sockets"
