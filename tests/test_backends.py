@@ -101,7 +101,7 @@ def test_echo_through_a_poll_backend_poller() -> None:
         conn.release()
 
     conn = Connection(b, poller, on_request=on_request)
-    conn._register()
+    conn.attach()
     try:
         a.settimeout(5)
         for i in range(50):

@@ -10,10 +10,12 @@ import time
 from typing import Any
 
 from ._addr import resolve_all
-from ._connection import Connection, _check_read_limit, _timeout_value
+from ._conn._state import check_read_limit
+from ._connection import Connection
 from ._errors import DialTimeoutError
 from ._poll._manager import manager
 from ._poll._poller import before_block
+from ._timeouts import timeout_value
 
 __all__ = ["Dialer", "dial_connection", "dial_tcp", "dial_unix"]
 
@@ -82,7 +84,7 @@ class Dialer:
 
     def __init__(self, *, read_buffer_limit: int | None = None) -> None:
         if read_buffer_limit is not None:
-            _check_read_limit(read_buffer_limit)
+            check_read_limit(read_buffer_limit)
         self._read_buffer_limit = read_buffer_limit
 
     def dial_connection(
@@ -94,10 +96,10 @@ class Dialer:
         read_buffer_limit: int | None = None,
     ) -> Connection:
         """Connect to ``address``; refused raises the OS error, too slow DialTimeoutError."""
-        seconds = _timeout_value(timeout, "timeout") or None  # 0 and infinity: no limit
+        seconds = timeout_value(timeout, "timeout") or None  # 0 and infinity: no limit
         limit = read_buffer_limit if read_buffer_limit is not None else self._read_buffer_limit
         if limit is not None:
-            _check_read_limit(limit)  # before connecting: a bad argument opens nothing
+            check_read_limit(limit)  # before connecting: a bad argument opens nothing
         targets = resolve_all(network, address, passive=False)
         sock, sockaddr = _connect_any(targets, seconds)
         try:
@@ -107,7 +109,7 @@ class Dialer:
         except BaseException:
             sock.close()
             raise
-        conn._register()
+        conn.attach()
         return conn
 
     def dial_timeout(self, network: str, address: Any, timeout: float) -> Connection:

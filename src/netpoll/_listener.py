@@ -51,7 +51,7 @@ class Listener:
         finally:
             self._sock.setblocking(False)
         conn = Connection(sock, manager().pick(addr), remote_addr=addr)
-        conn._register()
+        conn.attach()
         return conn
 
     def close(self) -> None:

@@ -22,9 +22,9 @@ from types import FrameType
 from typing import Any, Final
 
 from ._config import log as _log
-from ._connection import _wait_limit
 from ._listener import Listener, create_listener
 from ._server import EventLoop
+from ._timeouts import wait_limit
 
 __all__ = ["App", "ServeUntilSignalled", "run"]
 
@@ -143,7 +143,7 @@ def _check_args(app: object, workers: object, shutdown_timeout: object) -> float
             )
     elif not callable(app):
         raise TypeError(f"app must be an EventLoop or a callable, not {type(app).__name__}")
-    limit = _wait_limit(shutdown_timeout, "shutdown_timeout")  # type: ignore[arg-type]
+    limit = wait_limit(shutdown_timeout, "shutdown_timeout")  # type: ignore[arg-type]
     return float("inf") if limit is None else limit
 
 

@@ -10,22 +10,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import _config
-from . import _connection as C
 from ._config import log as _log
-from ._connection import (
-    Connection,
+from ._conn._state import (
+    CLOSE_IDLE_TIMEOUT,
+    CLOSE_READ_TIMEOUT,
+    CLOSE_WRITE_TIMEOUT,
+    Hooks,
     OnRequest,
-    _check_read_limit,
-    _Hooks,
-    _timeout_value,
-    _wait_limit,
+    check_read_limit,
 )
+from ._connection import Connection
 from ._listener import Listener
 from ._poll._manager import manager
 from ._poll._operator import FDOperator, PollEvent
 from ._poll._poller import Poller, Timer
 from ._runner import SLOW_POOL
+from ._timeouts import timeout_value, wait_limit
 
 __all__ = ["EventLoop", "ServerStats"]
 
@@ -57,7 +57,7 @@ class ServerStats:
     slow_pool_threads: int = 0
 
 
-class _ServerHooks(_Hooks):
+class _ServerHooks(Hooks):
     """The EventLoop's side of its connections: callbacks, bookkeeping, draining."""
 
     __slots__ = ("_loop", "draining")
@@ -70,7 +70,7 @@ class _ServerHooks(_Hooks):
         fn = self._loop._on_disconnect
         if fn is not None:
             try:
-                fn(conn._ctx, conn)
+                fn(conn.context, conn)
             except Exception:
                 _log.exception("netpoll: on_disconnect raised on %r", conn)
 
@@ -82,7 +82,7 @@ class _ServerHooks(_Hooks):
             self._loop._handler_errors += 1
 
     def on_idle(self, conn: Connection) -> None:
-        conn._close(C.CLOSE_SHUTDOWN)
+        conn.shutdown_close()
 
 
 class EventLoop:
@@ -118,11 +118,11 @@ class EventLoop:
         self._on_prepare = on_prepare
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
-        self._read_timeout = _timeout_value(read_timeout, "read_timeout")
-        self._write_timeout = _timeout_value(write_timeout, "write_timeout")
-        self._idle_timeout = _timeout_value(idle_timeout, "idle_timeout")
+        self._read_timeout = timeout_value(read_timeout, "read_timeout")
+        self._write_timeout = timeout_value(write_timeout, "write_timeout")
+        self._idle_timeout = timeout_value(idle_timeout, "idle_timeout")
         if read_buffer_limit is not None:
-            _check_read_limit(read_buffer_limit)
+            check_read_limit(read_buffer_limit)
         self._read_buffer_limit = read_buffer_limit
         if max_connections is not None:
             if isinstance(max_connections, bool) or not isinstance(max_connections, int):
@@ -154,9 +154,9 @@ class EventLoop:
         self._closed_out = 0
         self._handler_errors = 0
         self._timeouts = {
-            C.CLOSE_READ_TIMEOUT: 0,
-            C.CLOSE_WRITE_TIMEOUT: 0,
-            C.CLOSE_IDLE_TIMEOUT: 0,
+            CLOSE_READ_TIMEOUT: 0,
+            CLOSE_WRITE_TIMEOUT: 0,
+            CLOSE_IDLE_TIMEOUT: 0,
         }
         self._accept_pauses = 0
         self._limit_pauses = 0
@@ -223,7 +223,7 @@ class EventLoop:
         The readiness signal for tests and for code that starts ``serve()`` in a thread:
         once it returns True, a client that connects is accepted and served.
         """
-        return self._ready.wait(_wait_limit(timeout, "timeout"))
+        return self._ready.wait(wait_limit(timeout, "timeout"))
 
     def _on_acceptable(self, _ev: int) -> None:
         lsock = self._lsock
@@ -336,37 +336,18 @@ class EventLoop:
             _log.warning("netpoll: could not set up a connection from %r: %s", addr, exc)
             sock.close()
             return
-        conn._processing = True  # the connect task owns the connection until on_connect ends
         with self._lock:  # counted before on_prepare, so its failure shows in the stats
             self._accepted += 1
             self._conns.add(conn)
-        if self._on_prepare is not None:
-            try:
-                conn._ctx = self._on_prepare(conn)
-            except Exception as exc:
-                _log.exception("netpoll: on_prepare raised; closing %r", conn)
-                self._hooks.on_handler_error(conn, exc)
-                conn._processing = False
-                conn._close(C.CLOSE_HANDLER)
-                conn._closed_notice()
-                return
-        if self._idle_timeout:
-            conn.set_idle_timeout(self._idle_timeout)
-        conn._register()
-        on_connect = self._on_connect
-        runner = _config.get_config().runner
-        if runner is None:
-            conn._connect_task(on_connect)
-        else:
-            runner(conn._ctx, lambda: conn._connect_task(on_connect))
+        conn.serve_accepted(self._on_prepare, self._on_connect, self._idle_timeout)
 
     def _forget(self, conn: Connection, reason: str) -> None:
         with self._lock:
             if conn in self._conns:
                 self._conns.discard(conn)
                 self._closed += 1
-                self._closed_in += conn._bytes_in
-                self._closed_out += conn._bytes_out
+                self._closed_in += conn.bytes_received
+                self._closed_out += conn.bytes_sent
                 if reason in self._timeouts:
                     self._timeouts[reason] += 1
                 if not self._conns:
@@ -402,14 +383,14 @@ class EventLoop:
         closes them instead (their handlers' reads and writes raise
         ``ConnectionClosedError``) and returns. ``serve`` returns either way.
         """
-        limit = _wait_limit(timeout, "timeout")
+        limit = wait_limit(timeout, "timeout")
         with self._lock:  # see serve(): ordered against the listener's registration
             self._hooks.draining = True
         self._stop_accepting()
         with self._lock:
             conns = list(self._conns)
         for conn in conns:
-            conn._drain()
+            conn.shutdown_drain()
         deadline = None if limit is None else time.monotonic() + limit
         try:
             with self._lock:
@@ -424,7 +405,7 @@ class EventLoop:
                     self._drained.wait(left)
                 busy = list(self._conns)
             for conn in busy:  # only with force: the deadline passed
-                conn._close(C.CLOSE_SHUTDOWN)
+                conn.shutdown_close()
         finally:
             self._stopped.set()
 
@@ -438,12 +419,12 @@ class EventLoop:
                 connections_open=len(live),
                 connections_accepted=self._accepted,
                 connections_closed=self._closed,
-                bytes_received=self._closed_in + sum(c._bytes_in for c in live),
-                bytes_sent=self._closed_out + sum(c._bytes_out for c in live),
+                bytes_received=self._closed_in + sum(c.bytes_received for c in live),
+                bytes_sent=self._closed_out + sum(c.bytes_sent for c in live),
                 handler_exceptions=self._handler_errors,
-                closed_by_read_timeout=self._timeouts[C.CLOSE_READ_TIMEOUT],
-                closed_by_write_timeout=self._timeouts[C.CLOSE_WRITE_TIMEOUT],
-                closed_by_idle_timeout=self._timeouts[C.CLOSE_IDLE_TIMEOUT],
+                closed_by_read_timeout=self._timeouts[CLOSE_READ_TIMEOUT],
+                closed_by_write_timeout=self._timeouts[CLOSE_WRITE_TIMEOUT],
+                closed_by_idle_timeout=self._timeouts[CLOSE_IDLE_TIMEOUT],
                 accept_pauses=self._accept_pauses,
                 connection_limit_pauses=self._limit_pauses,
                 slow_pool_threads=SLOW_POOL.threads,

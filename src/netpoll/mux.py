@@ -10,9 +10,9 @@ from typing import Any
 
 from . import _config
 from ._config import log as _log
-from ._connection import _wait_limit
 from ._errors import ConnectionClosedError
 from ._nocopy import Writer
+from ._timeouts import wait_limit
 
 __all__ = ["ShardQueue", "WriterGetter"]
 
@@ -144,7 +144,7 @@ class ShardQueue:
         from a getter, on the drain thread itself, it only refuses further work: waiting
         there would wait for itself.
         """
-        timeout = _wait_limit(timeout, "timeout")
+        timeout = wait_limit(timeout, "timeout")
         with self._lock:
             self._closed = True
             if threading.get_ident() == self._drainer:
