@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m bench --quick            about a minute: the README demo\n"
             "  python -m bench                    full: everything, 3 runs (< 25 min)\n"
             "  python -m bench --contenders netpoll,uvloop-protocol --workloads http-c50\n"
+            "  python -m bench --workloads resp-lines-c50   blocking-style RESP: netpoll vs "
+            "asyncio/uvloop Streams\n"
             "  python -m bench --from-json bench/results/latest.json --write-docs"
         ),
     )
@@ -197,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         for c in CONTENDERS:
             print(f"  {c}")
         for c in REFERENCE_CONTENDERS:
-            print(f"  {c}  (reference floor, only when named; see bench/floors.py)")
+            print(f"  {c}  (reference floor, only when named; see bench/reference/floors.py)")
         print("workloads:")
+        everyone = CONTENDERS + REFERENCE_CONTENDERS
         for w in all_workloads:
-            print(f"  {w.name:<16} {w.title}")
+            served = [c for c in everyone if w.serves(c)]
+            only = "" if len(served) == len(everyone) else f"  (only {', '.join(served)})"
+            print(f"  {w.name:<16} {w.title}{only}")
         return 0
 
     if args.check:
@@ -289,9 +294,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: skipping {w.name}: {problem}", file=say)
         else:
             runnable_workloads.append(w)
-    if not runnable_contenders or not runnable_workloads:
+    pairs = [(w, c) for w in runnable_workloads for c in runnable_contenders if w.serves(c)]
+    if not pairs:
         print("bench: nothing to run", file=say)
         return 1
+    for w in runnable_workloads:
+        left_out = [c for c in runnable_contenders if not w.serves(c)]
+        if left_out:
+            print(f"bench: {w.name} has no server for {', '.join(left_out)}", file=say)
 
     busy = cpu_busy_fraction()
     if busy is not None and busy > 0.15:
@@ -300,9 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             "processes): results will be low and noisy",
             file=say,
         )
-    total = sum(estimate_seconds(w, settings) for w in runnable_workloads) * (
-        settings.runs * len(runnable_contenders)
-    )
+    total = sum(estimate_seconds(w, settings) for w, _c in pairs) * settings.runs
     print(
         f"bench: {mode} mode, {len(runnable_contenders)} contenders x "
         f"{len(runnable_workloads)} workloads x {settings.runs} run(s), "
@@ -310,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         file=say,
     )
     started = dt.datetime.now().astimezone()
-    items = settings.runs * len(runnable_contenders) * len(runnable_workloads)
+    items = settings.runs * len(pairs)
     outcome = run_all(
         runnable_contenders,
         runnable_workloads,

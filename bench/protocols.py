@@ -15,6 +15,12 @@ Workloads:
   requests in one read and a request split across reads are both handled.
 * ``resp``: a minimal Redis server (PING, SET, GET, ECHO, CONFIG GET, COMMAND) speaking RESP
   multi-bulk requests and inline commands, enough for ``redis-benchmark``.
+* ``resp-lines``: the same commands and key space (``RespStore.execute``), but the servers
+  read each command field by field with their library's blocking-style calls (a line per
+  ``*N`` and ``$len``, then the bulk bytes) instead of handing buffered bytes to
+  ``parse_resp_command``. Those readers live with the servers (``bench.handlers`` for
+  netpoll, ``bench.server`` for asyncio Streams); ``resp_length`` is the one parsing step
+  they share, so both validate a length line the same way. It has no ``Processor``.
 
 Parsers accept ``bytes`` or ``bytearray`` (anything with ``find`` and slicing) and never
 hold on to the buffer: what they return is copied out of it.
@@ -26,9 +32,11 @@ from collections.abc import Callable
 
 __all__ = [
     "HTTP_RESPONSE",
+    "MAX_BULK",
     "MAX_FRAME",
     "MAX_HTTP_HEAD",
     "MAX_INLINE",
+    "MAX_MULTIBULK",
     "WORKLOADS",
     "ProtocolError",
     "RespStore",
@@ -40,6 +48,7 @@ __all__ = [
     "process_echo",
     "process_frames",
     "process_http",
+    "resp_length",
     "split_frames",
     "split_http_requests",
 ]
@@ -51,6 +60,7 @@ Buffer = bytes | bytearray
 # times slower; one joined write keeps the servers' work identical and fair.)
 Processor = Callable[[Buffer], tuple[int, bytes]]
 
+# Server logics with a Processor; bench.server adds "resp-lines", which has none.
 WORKLOADS = ("echo", "frames", "http", "resp")
 
 MAX_FRAME = 64 * 1024 * 1024
@@ -150,7 +160,7 @@ def process_http(buf: Buffer) -> tuple[int, bytes]:
 # --- RESP ---------------------------------------------------------------------------------
 
 
-def _parse_int(raw: Buffer, what: str) -> int:
+def _parse_int(raw: Buffer | memoryview, what: str) -> int:
     try:
         return int(raw)
     except ValueError:
@@ -206,6 +216,22 @@ def parse_resp_command(buf: Buffer, pos: int = 0) -> tuple[list[bytes], int] | N
         args.append(bytes(buf[start:end]))
         p = end + 2
     return args, p
+
+
+def resp_length(line: Buffer | memoryview, marker: int, limit: int) -> int:
+    """The length a ``*N`` (``marker`` 0x2A) or ``$N`` (0x24) line announces.
+
+    For the blocking-style servers, which read a command one line at a time: ``line`` is
+    that line, with or without its CRLF (``int`` ignores the surrounding whitespace). A line
+    that does not start with ``marker``, is not a number, or announces a negative length
+    or one over ``limit`` is a ``ProtocolError`` (a request never carries a null, -1).
+    """
+    if not line or line[0] != marker:
+        raise ProtocolError(f"expected {chr(marker)!r}, got {bytes(line[:16])!r}")
+    n = _parse_int(line[1:], "multi-bulk length" if marker == 0x2A else "bulk length")
+    if n < 0 or n > limit:
+        raise ProtocolError(f"invalid length {n}")
+    return n
 
 
 def _bulk(value: bytes) -> bytes:

@@ -134,6 +134,8 @@ def build_results(
         for case, title in w.cases():
             entries = []
             for contender in contenders:
+                if not w.serves(contender):
+                    continue  # no server for this workload: no row, not a failure
                 runs = measurements.get((case, contender), [])
                 entries.append(
                     {
@@ -153,6 +155,8 @@ def build_results(
                     "conns": w.conns,
                     "size": w.size,
                     "pipeline": w.pipeline,
+                    "baseline": w.baseline,
+                    "target": w.target,
                     "contenders": entries,
                 }
             )
@@ -202,6 +206,12 @@ def baseline_of(results: dict[str, Any]) -> str | None:
     return None
 
 
+def case_baseline(case: dict[str, Any], baseline: str | None) -> str | None:
+    """The contender ``case``'s ratios are relative to: its own, else the report's."""
+    own: str | None = case.get("baseline")
+    return own or baseline
+
+
 def _entry(case: dict[str, Any], contender: str) -> dict[str, Any]:
     for e in case["contenders"]:
         if e["contender"] == contender:
@@ -248,13 +258,22 @@ def fmt_us(v: float | None) -> str:
 
 
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
-    """Rows of (case, contender, value, min-max, p50, p99, vs baseline, cpu srv, cpu load)."""
+    """Rows of (case, contender, value, min-max, p50, p99, vs baseline, cpu srv, cpu load).
+
+    A case with a baseline of its own has its ratios relative to that one, marked ``*``
+    (``own_baseline_note`` says which). A contender without a server for the case has no
+    row.
+    """
     baseline = baseline_of(results)
     rows: list[list[str]] = []
     for case in results["cases"]:
         first = True
+        base = case_baseline(case, baseline)
+        mark = "*" if case.get("baseline") and base != baseline else ""
         for contender in results["contenders"]:
-            e = next(x for x in case["contenders"] if x["contender"] == contender)
+            e = next((x for x in case["contenders"] if x["contender"] == contender), None)
+            if e is None:
+                continue
             s = e["summary"]
             label = case["title"] if first else ""
             first = False
@@ -264,7 +283,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
                 continue
             memory = s["metric"] == "bytes_per_conn"
             fmt = fmt_bytes if memory else fmt_rate
-            r = ratio(case, contender, baseline)
+            r = ratio(case, contender, base)
             srv_cpu, load_cpu = s.get("server_cpu"), s.get("load_cpu")
             rows.append(
                 [
@@ -274,7 +293,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
                     f"{fmt(s['min'])}-{fmt(s['max'])}" if s["runs"] > 1 else "(1 run)",
                     fmt_us(s.get("p50_us")) if not memory else "-",
                     fmt_us(s.get("p99_us")) if not memory else "-",
-                    f"{r:.2f}x" if r is not None else "-",
+                    f"{r:.2f}x{mark}" if r is not None else "-",
                     "-" if srv_cpu is None else f"{srv_cpu:.2f}",
                     "-" if load_cpu is None else f"{load_cpu:.2f}",
                 ]
@@ -295,6 +314,38 @@ def table_header(results: dict[str, Any]) -> list[str]:
         "cpu srv",
         "cpu load",
     ]
+
+
+def own_baseline_note(results: dict[str, Any]) -> list[str]:
+    """What the ``*`` ratios are relative to, and how they stand against their target.
+
+    For each case with a baseline of its own (the blocking-style RESP workload's is
+    asyncio Streams): netpoll's ratio to it (and netpoll-pure's), next to the target. A
+    heading line and one ``* ...`` line per case; nothing when no case has its own.
+    """
+    baseline = baseline_of(results)
+    lines = []
+    for case in results["cases"]:
+        own = case.get("baseline")
+        if not own or own == baseline:
+            continue
+        parts = []
+        for contender in ("netpoll", "netpoll-pure"):
+            r = ratio(case, contender, own)
+            if r is not None:
+                parts.append(f"{contender} / {own} {r:.2f}x")
+        if not parts:
+            parts.append(f"netpoll / {own}: not measured")
+        target = case.get("target")
+        if target:
+            parts.append(f"target >= {target:g}x")
+        lines.append(f"* {case['title']}: " + ", ".join(parts) + ".")
+    if not lines:
+        return []
+    head = "Ratios marked * are relative to the workload's own baseline" + (
+        f", not to {baseline} (which has no server for it):" if baseline else ":"
+    )
+    return [head, *lines]
 
 
 CPU_LEGEND: Final = (
@@ -379,7 +430,8 @@ def write_chart(results: dict[str, Any], path: Path) -> str | None:
             xs, heights, lows, highs = [], [], [], []
             for j, case in enumerate(cases):
                 s = _entry(case, contender)
-                ref = _entry(case, baseline).get("median") if (normalize and baseline) else None
+                base = case_baseline(case, baseline)
+                ref = _entry(case, base).get("median") if (normalize and base) else None
                 if s.get("median") is None or (normalize and not ref):
                     continue
                 div = float(ref) if normalize and ref else scale
@@ -414,8 +466,11 @@ def write_chart(results: dict[str, Any], path: Path) -> str | None:
         bars(ax, rate_cases, normalize, 1.0)
         labels = []
         for case in rate_cases:
-            ref = _entry(case, baseline).get("median") if baseline else None
+            base = case_baseline(case, baseline)
+            ref = _entry(case, base).get("median") if normalize and base else None
             extra = f"\n({fmt_rate(ref)}/s)" if ref else ""
+            if ref and base != baseline:
+                extra += f"\nvs {base}"
             labels.append(case["title"].replace(", ", "\n").replace(" -P", "\n-P") + extra)
         ax.set_xticklabels(labels, fontsize=7)
         if normalize:
@@ -507,6 +562,9 @@ def format_docs(results: dict[str, Any], chart_name: str | None) -> str:
         "by that contender's median (for memory, lower is better). " + CPU_LEGEND,
         "",
     ]
+    own = own_baseline_note(results)
+    if own:
+        lines += [own[0], "", *own[1:], ""]
     note = saturation_note(results)
     if note:
         lines += [note, ""]
@@ -522,9 +580,10 @@ def format_docs(results: dict[str, Any], chart_name: str | None) -> str:
         "a single-threaded level-triggered `select.epoll` loop over non-blocking sockets "
         "(the pure-Python floor). All of them call the same request logic "
         "(`bench/protocols.py`); only the networking layer differs. Three reference floors, "
-        "`floor-api`, `floor-api-safe` and `floor-api-owned` (`bench/floors.py`: netpoll's "
-        "handlers on a bare epoll loop, without the locking and view revocation the contract "
-        "needs, with them as netpoll does them, and with them done more cheaply), "
+        "`floor-api`, `floor-api-safe` and `floor-api-owned` (`bench/reference/floors.py`: "
+        "netpoll's handlers on a bare epoll loop, without the locking and view revocation "
+        "the contract needs, with them as netpoll does them, and with them done more "
+        "cheaply), "
         "run only when named with `--contenders`; see docs/performance.md.",
         "- Each server is its own process (`python -m bench.server`) on core "
         f"{s['server_cpu']}; the load comes from core {s['load_cpu']}, bound to 127.0.0.1.",
@@ -536,6 +595,12 @@ def format_docs(results: dict[str, Any], chart_name: str | None) -> str:
         "- RESP: `redis-benchmark -c 50 -t ping,set,get` with and without `-P 16`; a "
         "warm-up of PINGs sizes `-n` so that each test takes about "
         f"{s['redis_test_seconds']:g} s.",
+        "- RESP, blocking-style parser: `redis-benchmark -c 50 -t set,get` (warm-up of SETs "
+        "and GETs) against servers that read each command field by field, as a newcomer "
+        "writes them: netpoll with `read_line` / `read_binary` / `skip` "
+        "(`bench/handlers.py`), asyncio and uvloop Streams with `readline` / `readexactly` "
+        "(`bench/server.py`); the same command logic as the RESP rows. Only those "
+        "contenders serve it, and its ratios are relative to asyncio Streams.",
         "- Memory: the server's RSS (`/proc/PID/status` VmRSS) before and after opening "
         f"{s.get('idle_conns', 10000):,} idle connections, divided by their number.",
         "- Allocator: servers run with the environment the benchmark was started with. On "
@@ -583,8 +648,8 @@ def geomean_ratios(results: dict[str, Any]) -> dict[str, tuple[float, int]]:
     for contender in results["contenders"]:
         logs = []
         for case in results["cases"]:
-            if case["tool"] == "idle":
-                continue
+            if case["tool"] == "idle" or case_baseline(case, baseline) != baseline:
+                continue  # memory, or a case measured against its own baseline
             r = ratio(case, contender, baseline)
             if r:
                 logs.append(math.log(r))
@@ -638,6 +703,10 @@ def print_summary(results: dict[str, Any], stream: Any = None) -> None:
     )
     print(format_terminal_table(results), file=stream)
     print("\n" + CPU_LEGEND.replace("`", ""), file=stream)
-    for extra in (format_headline(results), saturation_note(results)):
+    for extra in (
+        format_headline(results),
+        "\n".join(own_baseline_note(results)),
+        saturation_note(results),
+    ):
         if extra:
             print("\n" + extra, file=stream)

@@ -10,10 +10,10 @@ next to the same receive and send done with no library. ``--opcodes`` also count
 Python bytecodes one request executes, per function: a figure that does not vary with the
 machine's load (complete on CPython 3.11 and older; 3.12 and newer trace only some frames).
 
-The reference floors of ``bench/floors.py`` (the same handlers on a connection that only
-moves offsets; one that also locks, revokes released views and runs one handler at a time
-as netpoll does; one with those guarantees done more cheaply) are measured the same way:
-cases ``floor-echo``, ``safe-echo``, ``owned-echo`` and so on (``--cases``).
+The reference floors of ``bench/reference/floors.py`` (the same handlers on a connection
+that only moves offsets; one that also locks, revokes released views and runs one handler
+at a time as netpoll does; one with those guarantees done more cheaply) are measured the
+same way: cases ``floor-echo``, ``safe-echo``, ``owned-echo`` and so on (``--cases``).
 
 For instruction counts, run one case under callgrind with two request counts and
 subtract: ``valgrind --tool=callgrind python -m bench.request_cost --cases echo
@@ -36,8 +36,8 @@ from netpoll._connection import Connection
 from netpoll._poll._backend import READ_EVENTS
 from netpoll._poll._poller import Poller
 
-from .floors import FloorConn, OwnedFloorConn, SafeFloorConn
-from .server import netpoll_handler
+from .handlers import netpoll_handler
+from .reference.floors import FloorConn, OwnedFloorConn, SafeFloorConn
 
 MESSAGE = b"x" * 128
 FRAME = len(MESSAGE).to_bytes(4, "big") + MESSAGE
@@ -172,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
-    floors = {"floor": FloorConn, "safe": SafeFloorConn, "owned": OwnedFloorConn}
+    floors: dict[str, type[FloorConn] | type[SafeFloorConn]] = {
+        "floor": FloorConn,
+        "safe": SafeFloorConn,
+        "owned": OwnedFloorConn,
+    }
     print(f"Python {sys.version.split()[0]}; {args.requests} requests per figure")
     raw = raw_cost(MESSAGE, args.requests) if "raw" in cases else None
     if raw is not None:

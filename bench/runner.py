@@ -8,6 +8,7 @@ behind. Servers are pinned to one core and load tools to another with ``taskset`
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import selectors
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench.server import HOST
+from bench._net import HOST
+from bench.server import serves
 from bench.tools import (
     BUILD_DIR,
     INSTALL_HINTS,
@@ -43,15 +45,24 @@ REDIS_TESTS = ("PING_INLINE", "PING_MBULK", "SET", "GET")
 
 @dataclass(frozen=True)
 class Workload:
-    """One load configuration; ``server`` names the server-side logic it needs."""
+    """One load configuration; ``server`` names the server-side logic it needs.
+
+    ``redis_tests`` are the redis-benchmark tests a ``redis`` workload measures (its CSV
+    names). ``baseline``, when set, is the contender this workload's ratios are relative
+    to instead of the report's overall one (a workload uvloop's Protocol does not serve,
+    for one), and ``target`` the netpoll / ``baseline`` throughput ratio it aims at.
+    """
 
     name: str
     title: str
-    server: str  # echo | frames | http | resp
+    server: str  # echo | frames | http | resp | resp-lines
     tool: str  # loadgen | wrk | redis | idle
     conns: int
     size: int = 0
     pipeline: int = 1
+    redis_tests: tuple[str, ...] = REDIS_TESTS
+    baseline: str | None = None
+    target: float | None = None
 
     def cases(self) -> list[tuple[str, str]]:
         """(case key, title) of every result row this workload produces."""
@@ -61,9 +72,18 @@ class Workload:
             name, _, extra = head.partition(" ")
             return [
                 (f"{self.name}:{t}", f"{name} {t}{' ' + extra if extra else ''},{rest}")
-                for t in REDIS_TESTS
+                for t in self.redis_tests
             ]
         return [(self.name, self.title)]
+
+    def redis_commands(self) -> str:
+        """The ``-t`` argument of redis-benchmark for ``redis_tests`` ("ping,set,get")."""
+        # Both PING tests (PING_INLINE, PING_MBULK) come from one "-t ping".
+        return ",".join(dict.fromkeys(t.split("_")[0].lower() for t in self.redis_tests))
+
+    def serves(self, contender: str) -> bool:
+        """Whether ``contender`` has a server for this workload (see bench.server.ONLY_FOR)."""
+        return serves(contender, self.server)
 
 
 def standard_workloads(idle_conns: int) -> list[Workload]:
@@ -76,6 +96,18 @@ def standard_workloads(idle_conns: int) -> list[Workload]:
         Workload("http-c50", "HTTP wrk, 50 conns", "http", "wrk", 50),
         Workload("resp-c50", "RESP, 50 conns", "resp", "redis", 50),
         Workload("resp-p16-c50", "RESP -P 16, 50 conns", "resp", "redis", 50, pipeline=16),
+        # The blocking-style API against asyncio's: each server reads a command field by
+        # field (netpoll: read_line/read_binary; Streams: readline/readexactly).
+        Workload(
+            "resp-lines-c50",
+            "RESP, blocking-style parser, 50 conns",
+            "resp-lines",
+            "redis",
+            50,
+            redis_tests=("SET", "GET"),
+            baseline="asyncio-streams",
+            target=1.5,
+        ),
         Workload("idle", f"{idle_conns:,} idle conns", "echo", "idle", idle_conns),
     ]
 
@@ -156,9 +188,33 @@ def free_port() -> int:
         return port
 
 
-def child_env() -> dict[str, str]:
+@functools.cache
+def imports_netpoll(python: str) -> bool:
+    """Whether ``python`` imports netpoll by itself, from a build installed in its
+    environment (an editable install counts: it maps the package to ``src/``)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        proc = subprocess.run(
+            [python, "-c", "import netpoll"],
+            capture_output=True,
+            timeout=60,
+            cwd=REPO_ROOT / "bench",  # not the repository root, nor src/: nothing to find
+            env=env,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0
+
+
+def child_env(python: str) -> dict[str, str]:
+    """The environment of a server run by ``python``: ``bench`` importable, and netpoll
+    from ``src/`` only when that interpreter has no build of its own. (Put first on the
+    path, ``src/`` would shadow an installed build: a venv with the compiled build
+    installed, as scripts/demo.sh makes it, would serve the pure sources.)"""
     env = dict(os.environ)
-    paths = [str(REPO_ROOT / "src"), str(REPO_ROOT)]
+    paths = [str(REPO_ROOT)]
+    if not imports_netpoll(python):
+        paths.insert(0, str(REPO_ROOT / "src"))
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -208,7 +264,7 @@ class Server:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
                 cwd=REPO_ROOT,
-                env=child_env(),
+                env=child_env(self.settings.python_for(self.contender)),
             )
         try:
             self._wait_ready(timeout=30.0)
@@ -349,21 +405,23 @@ def measure_redis(
     base = [tools.redis_benchmark, "-h", HOST, "-p", str(server.port), "-c", str(w.conns)]
     if w.pipeline > 1:
         base += ["-P", str(w.pipeline)]
-    # Warm-up with a fixed count of PINGs; its rate sizes the measured runs (-n), so each
-    # test takes about redis_test_seconds whatever the server's speed.
+    commands = w.redis_commands()
+    # Warm-up with a fixed count of PINGs (of the measured commands when the workload
+    # measures no PING, so that the rate is theirs); its rate sizes the measured runs (-n),
+    # so each test takes about redis_test_seconds whatever the server's speed.
+    warm_commands = "ping" if "ping" in commands.split(",") else commands
     warm_n = (40_000 if w.pipeline > 1 else 10_000) if s.warmup > 0 else 2_000 * w.pipeline
-    warm = parse_redis_csv(
-        run_tool(pinned(s.load_cpu, [*base, "-t", "ping", "-n", str(warm_n), "--csv"], tools), 60)
-    )
+    warm_cmd = [*base, "-t", warm_commands, "-n", str(warm_n), "--csv"]
+    warm = parse_redis_csv(run_tool(pinned(s.load_cpu, warm_cmd, tools), 60))
     rate = max(v["rps"] for v in warm.values())
     n = int(min(max(rate * s.redis_test_seconds, 5_000), 20_000_000))
-    cmd = [*base, "-t", "ping,set,get", "-n", str(n), "--csv"]
+    cmd = [*base, "-t", commands, "-n", str(n), "--csv"]
     # Bounded by count (-n) and, should the server crawl, by time.
-    timeout = len(REDIS_TESTS) * s.redis_test_seconds * 10 + 60
+    timeout = len(w.redis_tests) * s.redis_test_seconds * 10 + 60
     with cpu_window(server) as cpu:
         tests = parse_redis_csv(run_tool(pinned(s.load_cpu, cmd, tools), timeout))
     out: dict[str, dict[str, Any]] = {}
-    for test in REDIS_TESTS:
+    for test in w.redis_tests:
         if test not in tests:
             raise ToolError(f"redis-benchmark printed no {test} result")
         entry: dict[str, Any] = {
@@ -472,7 +530,7 @@ def estimate_seconds(w: Workload, s: Settings) -> float:
     if w.tool in ("loadgen", "wrk"):
         return startup + s.warmup + s.duration + 0.2
     if w.tool == "redis":
-        return startup + 1.0 + len(REDIS_TESTS) * s.redis_test_seconds * 1.3
+        return startup + 1.0 + len(w.redis_tests) * s.redis_test_seconds * 1.3
     return startup + 2.0 + w.conns / 4000
 
 
@@ -481,7 +539,12 @@ def check_contender(contender: str, s: Settings) -> str | None:
     cmd = [s.python_for(contender), "-m", "bench.server", "--check", "--contender", contender]
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=child_env()
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+            env=child_env(s.python_for(contender)),
         )
     except (OSError, subprocess.SubprocessError) as exc:
         return f"cannot start {s.python_for(contender)}: {exc}"
@@ -597,9 +660,16 @@ def run_all(
     tools: Toolbox,
     progress: Progress | None = None,
 ) -> RunOutcome:
-    """Every (workload, contender) ``settings.runs`` times, run-major so drift hits all."""
+    """Every (workload, contender) ``settings.runs`` times, run-major so drift hits all.
+
+    A contender without a server for a workload (``Workload.serves``) is left out of it.
+    """
     plan = [
-        (run, w, c) for run in range(1, settings.runs + 1) for w in workloads for c in contenders
+        (run, w, c)
+        for run in range(1, settings.runs + 1)
+        for w in workloads
+        for c in contenders
+        if w.serves(c)
     ]
     total = sum(estimate_seconds(w, settings) for _, w, _ in plan)
     if progress is None:

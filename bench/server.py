@@ -5,6 +5,11 @@ Every contender serves the same workloads with the same request logic from
 only, prints ``READY <port>`` on stdout once it accepts connections, and runs until it is
 killed. ``--check`` only reports whether the contender can run here (exit status 0 or 1,
 one line on stdout).
+
+Module layout: the asyncio/uvloop servers and the raw epoll loop are here; netpoll's
+handlers are in ``bench.handlers``, the socket plumbing in ``bench._net``, and the
+reference floors in ``bench.reference.floors``, which this module starts and which
+imports nothing from it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import importlib
 import resource
 import select
@@ -21,13 +25,28 @@ import sys
 from collections.abc import Callable
 from typing import Any, cast
 
+from bench._net import BACKLOG, HOST, accept_ready, announce, listen_nonblocking
+from bench.handlers import netpoll_handler
 from bench.protocols import (
+    MAX_BULK,
+    MAX_MULTIBULK,
     WORKLOADS,
     ProtocolError,
+    RespStore,
     Session,
-    frame_length,
     make_processor,
+    resp_length,
 )
+from bench.reference.floors import run_floor
+
+__all__ = [
+    "CONTENDERS",
+    "REFERENCE_CONTENDERS",
+    "SERVER_WORKLOADS",
+    "main",
+    "raise_nofile_limit",
+    "serves",
+]
 
 CONTENDERS = (
     "netpoll",  # the build installed in the benchmark's interpreter: compiled, normally
@@ -39,12 +58,26 @@ CONTENDERS = (
     "epoll",
 )
 # Not run by default: what any pure-Python library with netpoll's API could reach
-# (bench/floors.py). Ask for them with --contenders.
+# (bench/reference/floors.py). Ask for them with --contenders.
 REFERENCE_CONTENDERS = ("floor-api", "floor-api-safe", "floor-api-owned")
-HOST = "127.0.0.1"
-BACKLOG = 4096
+# Every server logic a server can run: the processor-based ones of bench.protocols, and
+# "resp-lines", where each library reads a RESP command field by field with its own
+# blocking-style calls.
+SERVER_WORKLOADS = (*WORKLOADS, "resp-lines")
+# Server logics only some contenders have: a blocking-style reader needs blocking-style
+# calls, which asyncio's and uvloop's Protocols, the raw epoll loop and the floors' bare
+# connections do not offer. Any other logic is served by every contender.
+ONLY_FOR = {
+    "resp-lines": ("netpoll", "netpoll-pure", "asyncio-streams", "uvloop-streams"),
+}
 READ_SIZE = 256 * 1024  # raw epoll: one preallocated receive buffer of this size
 STREAM_READ_SIZE = 64 * 1024  # asyncio Streams: most bytes one read() returns
+
+
+def serves(contender: str, workload: str) -> bool:
+    """Whether ``contender`` has a server for the server logic ``workload``."""
+    only = ONLY_FOR.get(workload)
+    return only is None or contender in only
 
 
 def raise_nofile_limit() -> int:
@@ -54,11 +87,6 @@ def raise_nofile_limit() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def announce(port: int) -> None:
-    sys.stdout.write(f"READY {port}\n")
-    sys.stdout.flush()
 
 
 def check(contender: str) -> str | None:
@@ -158,6 +186,46 @@ def session_stream(
     return handle
 
 
+def resp_lines_stream(
+    store: RespStore,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+    """The asyncio Streams counterpart of ``bench.handlers.resp_lines_handler``.
+
+    The same reading, as a newcomer writes it with Streams: ``readline()`` for ``*N`` and
+    every ``$len``, ``readexactly(len + 2)`` for each bulk string with its CRLF (the CRLF
+    sliced off). Each reply is written and drained as its command completes, as the
+    Streams documentation shows and as the netpoll handler flushes it. Commands are
+    executed by ``store``.
+    """
+    execute = store.execute
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line.endswith(b"\n"):
+                    break  # the client left: b"" between commands, a partial line within
+                if line[0] != 0x2A:  # not "*": an inline command
+                    args = line.split()
+                else:
+                    count = resp_length(line, 0x2A, MAX_MULTIBULK)
+                    args = []
+                    for _ in range(count):
+                        size = resp_length(await reader.readline(), 0x24, MAX_BULK)
+                        args.append((await reader.readexactly(size + 2))[:-2])
+                if args:
+                    writer.write(execute(args))
+                    await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client left mid-command
+        except ValueError:
+            pass  # a ProtocolError, or readline's line-length limit: close the connection
+        finally:
+            writer.close()
+
+    return handle
+
+
 async def serve_asyncio(style: str, workload: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     server: asyncio.base_events.Server | asyncio.AbstractServer
@@ -170,7 +238,13 @@ async def serve_asyncio(style: str, workload: str, port: int) -> None:
                 lambda: SessionProtocol(Session(process)), HOST, port, backlog=BACKLOG
             )
     else:
-        handler = echo_stream if workload == "echo" else session_stream(workload)
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
+        if workload == "echo":
+            handler = echo_stream
+        elif workload == "resp-lines":
+            handler = resp_lines_stream(RespStore())
+        else:
+            handler = session_stream(workload)
         server = await asyncio.start_server(handler, HOST, port, backlog=BACKLOG)
     announce(port)
     async with server:
@@ -192,33 +266,6 @@ def run_asyncio(contender: str, workload: str, port: int) -> None:
 
 
 # --- raw select.epoll: the pure-Python floor ----------------------------------------------
-
-
-def listen_nonblocking(port: int) -> socket.socket:
-    """A non-blocking TCP listener on HOST:port (the raw loops' and the floors')."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((HOST, port))
-    listener.listen(BACKLOG)
-    listener.setblocking(False)
-    return listener
-
-
-def accept_ready(listener: socket.socket, on_accept: Callable[[socket.socket], None]) -> None:
-    """Accept every pending connection as a non-blocking TCP_NODELAY socket; at EMFILE or
-    ENFILE stop until the next readiness (the rest wait in the backlog)."""
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                return
-            raise
-        conn.setblocking(False)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        on_accept(conn)
 
 
 def run_epoll(workload: str, port: int) -> None:
@@ -302,65 +349,7 @@ def run_epoll(workload: str, port: int) -> None:
                 close(fd)
 
 
-# --- netpoll ------------------------------------------------------------------------------
-
-
-def netpoll_handler(netpoll: Any, workload: str) -> Callable[[Any, Any], None]:
-    """The ``on_request`` of ``workload``, written against the public netpoll API."""
-    closed = netpoll.ConnectionClosedError
-
-    if workload == "echo":
-
-        def on_echo(ctx: Any, conn: Any) -> None:
-            data = conn.next(len(conn))
-            conn.write_binary(data)
-            conn.flush()
-            conn.release()
-
-        return on_echo
-
-    if workload == "frames":
-
-        def on_frames(ctx: Any, conn: Any) -> None:
-            # Zero-copy: the reply is the request's own header and payload views, queued
-            # by reference and sent with one sendmsg; they are released after the flush.
-            # A frame not fully buffered yet is waited for by next(n).
-            try:
-                while len(conn) >= 4:
-                    header = conn.next(4)
-                    n = frame_length(header)
-                    if len(conn) < n and conn.malloc_len():
-                        conn.flush()  # answer what is complete before waiting for more
-                    payload = conn.next(n)
-                    conn.write_binary(header)
-                    conn.write_binary(payload)
-                conn.flush()
-                conn.release()
-            except closed:
-                pass  # the client left mid-frame
-            except ProtocolError:
-                conn.close()
-
-        return on_frames
-
-    process = make_processor(workload)
-
-    def on_parsed(ctx: Any, conn: Any) -> None:
-        # The parsers search with bytes.find, so the buffered input is copied once (it is a
-        # few hundred bytes); an incomplete request is left in the connection's buffer.
-        try:
-            consumed, out = process(conn.peek(len(conn)).tobytes())
-        except ProtocolError:
-            conn.close()
-            return
-        if consumed:
-            conn.skip(consumed)
-        if out:
-            conn.write_binary(out)
-            conn.flush()
-        conn.release()
-
-    return on_parsed
+# --- netpoll ---------------------------------------------------------------------------
 
 
 def run_netpoll(workload: str, port: int) -> None:
@@ -375,14 +364,14 @@ def run_netpoll(workload: str, port: int) -> None:
 
 
 def serve(contender: str, workload: str, port: int) -> None:
+    if not serves(contender, workload):
+        raise ValueError(f"{contender} has no {workload} server")
     raise_nofile_limit()
     if contender in ("netpoll", "netpoll-pure"):
         run_netpoll(workload, port)
     elif contender == "epoll":
         run_epoll(workload, port)
     elif contender in REFERENCE_CONTENDERS:
-        from bench.floors import run_floor
-
         run_floor(workload, port, contender)
     elif contender in CONTENDERS:
         run_asyncio(contender, workload, port)
@@ -396,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Run one benchmark server on 127.0.0.1 until killed.",
     )
     parser.add_argument("--contender", required=True, choices=CONTENDERS + REFERENCE_CONTENDERS)
-    parser.add_argument("--workload", choices=WORKLOADS, default="echo")
+    parser.add_argument("--workload", choices=SERVER_WORKLOADS, default="echo")
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1")
     parser.add_argument(
         "--check", action="store_true", help="only report whether the contender can run here"
@@ -411,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
+    if not serves(args.contender, args.workload):
+        only = ", ".join(ONLY_FOR[args.workload])
+        parser.error(f"the {args.workload} workload is served by {only} only")
     with contextlib.suppress(KeyboardInterrupt):
         serve(args.contender, args.workload, args.port)
     return 0

@@ -1,4 +1,4 @@
-"""The benchmark's reference floors (bench/floors.py) answer correctly, so their figures count.
+"""The reference floors (bench/reference/floors.py) answer correctly, so their figures count.
 
 Each floor connection is driven over a real socketpair the way its epoll loop drives it;
 one test runs the whole floor server on loopback.
@@ -18,8 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.floors import WRAP_AT, FloorConn, OwnedFloorConn, SafeFloorConn  # noqa: E402
-from bench.server import netpoll_handler  # noqa: E402
+from bench.handlers import netpoll_handler  # noqa: E402
+from bench.reference.floors import WRAP_AT, FloorConn, OwnedFloorConn, SafeFloorConn  # noqa: E402
 
 import netpoll  # noqa: E402
 

@@ -332,7 +332,7 @@ def test_parse_proc_files() -> None:
 @pytest.mark.parametrize("size", [1, 100, 4096, 8188, 65536, 70_000])
 def test_linkbuffer_frames_parsers_agree(size: int) -> None:
     """Every parser of the LinkBuffer benchmark finds every frame and touches its last byte."""
-    from bench import linkbuffer_frames as lf
+    from bench.reference import linkbuffer_frames as lf
 
     frames = 40
     stream = lf.make_stream(size, frames)
@@ -348,7 +348,7 @@ def test_linkbuffer_frames_parsers_agree(size: int) -> None:
 
 def test_revoking_floor_revokes() -> None:
     """The benchmark's revoking floor really pays for revocation: released views are dead."""
-    from bench import linkbuffer_frames as lf
+    from bench.reference import linkbuffer_frames as lf
 
     floor = lf._RevokingFloor(lf.make_stream(100, 3))
     header = floor.next(4)
@@ -373,3 +373,27 @@ def test_request_cost_drives_a_connection() -> None:
     if sys.version_info < (3, 12):  # newer versions trace only part of the frames
         assert any(name.startswith("release (floors.py)") for name in safe), safe
     assert rc.main(["--requests", "20", "--cases", "raw,floor-frames,safe-echo"]) == 0
+
+
+# --------------------------------------------------------------------------- server processes
+
+
+def test_servers_import_the_interpreters_own_build() -> None:
+    """A benchmark server imports the netpoll its interpreter has installed (compiled or
+    pure), not the sources in src/, which would shadow a non-editable install; an
+    interpreter without netpoll gets src/."""
+    import subprocess
+
+    from bench.runner import REPO_ROOT, child_env
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import netpoll; print(netpoll.__file__)"],
+        env=child_env(sys.executable),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.strip() == netpoll.__file__, proc.stderr
+    src = str(REPO_ROOT / "src")
+    assert child_env("/nonexistent/python")["PYTHONPATH"].split(":")[0] == src

@@ -2,7 +2,7 @@
 
 Three contenders answer "how fast could a pure-Python library with this API be?":
 
-- ``floor-api``: the benchmark's own netpoll handlers (``bench.server.netpoll_handler``)
+- ``floor-api``: the benchmark's own netpoll handlers (``bench.handlers.netpoll_handler``)
   called from a raw single-threaded ``select.epoll`` loop, on a connection object that only
   moves offsets (``next`` slices one receive buffer, ``flush`` is one ``send``/``sendmsg``).
   No locks, no revocation of released views, no timeouts, no states. It is not a usable
@@ -26,8 +26,13 @@ Three contenders answer "how fast could a pure-Python library with this API be?"
   at ``release()`` as before, while the buffer's memory is recycled (after the reference
   check) only when the window wraps: no view is made and dropped per request.
 
-Either serves every request/response workload; a frame not fully buffered is read with a
-blocking receive (fine for a floor: the load generator waits for each answer anyway).
+Either serves every request/response workload but ``resp-lines`` (their connections have
+no ``read_line``); a frame not fully buffered is read with a blocking receive (fine for a
+floor: the load generator waits for each answer anyway).
+
+``bench.server`` starts these servers (``--contender floor-api`` and so on); this module
+takes its socket plumbing from ``bench._net`` and its handlers from ``bench.handlers``, and
+imports nothing from ``bench.server``.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["run_floor"]
+from bench._net import accept_ready, announce, listen_nonblocking
+from bench.handlers import netpoll_handler
+
+__all__ = ["WRAP_AT", "FloorConn", "OwnedFloorConn", "SafeFloorConn", "run_floor"]
 
 BUFFER = 256 * 1024  # per-connection receive buffer: a 64 KiB frame and its header fit
 WRAP_AT = BUFFER // 2  # floor-api-owned: a drained window past this point starts over
@@ -465,11 +473,15 @@ def _send(sock: socket.socket, parts: list[Any], total: int) -> None:
 
 def run_floor(workload: str, port: int, kind: str) -> None:
     """Serve ``workload`` with the netpoll handlers over a raw epoll loop until killed."""
-    from bench.server import accept_ready, announce, listen_nonblocking, netpoll_handler
-
+    # Imported here, not at the top: this module is imported by every benchmark server
+    # (bench.server starts the floors), and only a floor needs the library's exceptions.
     netpoll = __import__("netpoll")
     handler = netpoll_handler(netpoll, workload)
-    conn_cls = {"floor-api": FloorConn, "floor-api-safe": SafeFloorConn}.get(kind, OwnedFloorConn)
+    classes: dict[str, type[FloorConn] | type[SafeFloorConn]] = {
+        "floor-api": FloorConn,
+        "floor-api-safe": SafeFloorConn,
+    }
+    conn_cls = classes.get(kind, OwnedFloorConn)
     listener = listen_nonblocking(port)
     lfd = listener.fileno()
     ep = select.epoll()

@@ -1,6 +1,6 @@
 """LinkBuffer vs the bytearray way: parsing length-prefixed frames arriving in 8 KiB chunks.
 
-    python -m bench.linkbuffer_frames [--bytes N] [--repeat R]
+    python -m bench.reference.linkbuffer_frames [--bytes N] [--repeat R]
 
 Both parsers read the same byte stream (4-byte big-endian length + payload) as a socket
 delivers it, 8 KiB per receive, and each pays the one copy its receive call makes:
