@@ -8,6 +8,7 @@ import math
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -479,6 +480,48 @@ def test_shard_queue_close_from_a_getter_does_not_wait_for_itself(
     assert bytes(sink.data) == b"[closer][after]"
     with pytest.raises(netpoll.ConnectionClosedError):
         q.add(_getter(b"late"))
+
+
+@pytest.mark.timeout(20)
+def test_shard_queue_close_times_out_with_work_queued(
+    mux_pair: tuple[netpoll.Connection, _Sink],
+) -> None:
+    """close(timeout) raises TimeoutError once ``timeout`` seconds pass with writers still
+    queued (close(0) at once); the queue refuses new work from then on, and what was
+    queued before still goes out, after which close() returns."""
+    conn, sink = mux_pair
+    q = netpoll.mux.ShardQueue(2, conn)
+    in_getter = threading.Event()
+    gate = threading.Event()
+
+    def stuck_getter() -> tuple[Any, bool]:
+        in_getter.set()
+        gate.wait(IO_TIMEOUT)
+        return _getter(b"[stuck]")()
+
+    q.add(stuck_getter, _getter(b"[queued]"))
+    assert in_getter.wait(IO_TIMEOUT)
+    try:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"ShardQueue\.close timed out"):
+            q.close(0.3)
+        elapsed = time.monotonic() - start
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"ShardQueue\.close timed out"):
+            q.close(0)
+        at_once = time.monotonic() - start
+        with pytest.raises(netpoll.ConnectionClosedError, match=r"^ShardQueue is closed$"):
+            q.add(_getter(b"[late]"))
+        assert len(sink.data) == 0, "sent while the getter was still running"
+    finally:
+        gate.set()
+    assert 0.25 <= elapsed < IO_TIMEOUT, f"close(0.3) gave up after {elapsed:.3f}s"
+    assert at_once < 0.25, f"close(0) waited {at_once:.3f}s"
+    expected = b"[stuck][queued]"
+    assert sink.wait_for(len(expected))
+    q.close(IO_TIMEOUT)  # drained now: returns without raising
+    assert bytes(sink.data) == expected
+    assert len(q) == 0
 
 
 @pytest.mark.timeout(20)
