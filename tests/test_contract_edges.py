@@ -421,6 +421,30 @@ def test_connection_sends_a_strided_view(
             ValueError,
             "read_buffer_limit",
         ),
+        (
+            lambda: netpoll.create_listener("tcp", "127.0.0.1:0", backlog="5"),
+            TypeError,
+            "backlog must be an int, not str",
+        ),
+        (lambda: netpoll.create_listener(4, "127.0.0.1:0"), TypeError, "network must be a str"),
+        (lambda: netpoll.dial_connection(b"tcp", "127.0.0.1:1"), TypeError, "network must be"),
+        (
+            lambda: netpoll.create_listener("tcp", 8080),
+            TypeError,
+            "address must be a str or a tuple, not int",
+        ),
+        (lambda: netpoll.create_listener("tcp", "[::1:80"), ValueError, r"'\[host\]:port'"),
+        (lambda: netpoll.create_listener("tcp", "[::1]80"), ValueError, r"'\[host\]:port'"),
+        (
+            lambda: netpoll.create_listener("tcp", "::1:80"),
+            ValueError,
+            r"IPv6 hosts must be written '\[host\]:port'",
+        ),
+        (lambda: netpoll.create_listener("tcp", ("::1",)), ValueError, r"\(host, port"),
+        (lambda: netpoll.create_listener("tcp6", "127.0.0.1:0"), ValueError, "cannot resolve"),
+        (lambda: netpoll.dial_connection("tcp4", "[::1]:1"), ValueError, "cannot resolve"),
+        (lambda: netpoll.create_listener("unix", b""), ValueError, "non-empty path"),
+        (lambda: netpoll.dial_connection("unix", None), ValueError, "non-empty path"),
     ],
 )
 def test_bad_arguments_name_the_problem(call: Any, exc: type[Exception], words: str) -> None:

@@ -791,6 +791,7 @@ def test_create_listener_tcp6(serve: ServeFactory) -> None:
 def test_listener_accept_gives_connection(network: str, tmp_path: Any) -> None:
     address = str(tmp_path / "acc.sock") if network == "unix" else "127.0.0.1:0"
     with netpoll.create_listener(network, address) as listener:
+        assert listener.network == network
         family = socket.AF_UNIX if network == "unix" else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as c:
             c.settimeout(IO_TIMEOUT)
@@ -804,6 +805,25 @@ def test_listener_accept_gives_connection(network: str, tmp_path: Any) -> None:
                 assert recv_exact(c, 4) == b"back"
     if network == "unix":
         assert not os.path.exists(address)
+    listener.close()  # again: a no-op
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        listener.accept()
+
+
+def test_unix_listener_close_removes_only_its_own_socket_file(tmp_path: Any) -> None:
+    """close() removes the socket file it listened on, but not a file that has since
+    taken that path (a second close, or another program's file, is left alone)."""
+    path = tmp_path / "own.sock"
+    listener = netpoll.create_listener("unix", str(path))
+    assert path.is_socket()
+    listener.close()
+    assert not path.exists()
+    listener.close()  # no socket to ask for its path any more: a no-op
+    other = netpoll.create_listener("unix", str(path))
+    path.unlink()
+    path.write_bytes(b"someone else's file")
+    other.close()
+    assert path.read_bytes() == b"someone else's file"
 
 
 @pytest.mark.parametrize(
