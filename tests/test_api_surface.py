@@ -105,6 +105,13 @@ HALF_APPLIED = pytest.mark.xfail(
     reason="bug: set_keepalive(idle, bad_interval) turns SO_KEEPALIVE on and sets "
     "TCP_KEEPIDLE before it checks interval, so the call that raises has half applied",
 )
+# Compiled, a non-number is refused at the call boundary, before anything is set.
+HALF_APPLIED_PURE = pytest.mark.xfail(
+    not netpoll.compiled,
+    strict=True,
+    reason="bug (pure build): set_keepalive(idle, bad_interval) turns SO_KEEPALIVE on and "
+    "sets TCP_KEEPIDLE before it checks interval, so the call that raises has half applied",
+)
 
 
 @pytest.mark.timeout(10)
@@ -113,11 +120,13 @@ HALF_APPLIED = pytest.mark.xfail(
     [
         ((-1,), ValueError, "idle must be >= 0"),
         ((math.nan,), ValueError, "idle must be >= 0"),
-        (("5",), TypeError, "idle must be a number of seconds"),
-        ((True,), TypeError, "idle must be a number of seconds"),
+        (("5",), TypeError, r"^idle must be (a number of seconds or None|float or None), not str$"),
         pytest.param((5, -2), ValueError, "interval must be >= 0", marks=HALF_APPLIED),
         pytest.param(
-            (5, "2"), TypeError, "interval must be a number of seconds", marks=HALF_APPLIED
+            (5, "2"),
+            TypeError,
+            r"^interval must be (a number of seconds or None|float or None), not str$",
+            marks=HALF_APPLIED_PURE,
         ),
     ],
 )
@@ -131,6 +140,33 @@ def test_set_keepalive_rejects_bad_arguments(
     with pytest.raises(exc, match=words):
         conn.set_keepalive(*args)
     assert _keepalive_options(conn)[0] == 0, "the rejected call turned keepalive on"
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.xfail(
+    netpoll.compiled,
+    strict=True,
+    reason="bug (compiled build only): mypyc converts True to 1.0 for parameters typed "
+    "float | None, so these calls accept a bool where the pure build raises TypeError",
+)
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("set_keepalive-idle", lambda conn: conn.set_keepalive(True)),
+        ("set_keepalive-interval", lambda conn: conn.set_keepalive(5, True)),
+        ("ShardQueue.close", lambda conn: netpoll.mux.ShardQueue(1, conn).close(True)),
+        ("EventLoop.shutdown", lambda conn: netpoll.EventLoop(echo_handler).shutdown(True)),
+        ("EventLoop.wait_serving", lambda conn: netpoll.EventLoop(echo_handler).wait_serving(True)),
+    ],
+)
+def test_a_bool_is_not_a_number_of_seconds(
+    tcp_pair: tuple[netpoll.Connection, socket.socket], name: str, call: Callable[[Any], Any]
+) -> None:
+    """Every duration argument refuses True/False (as set_read_timeout(True) does on both
+    builds), whichever build runs."""
+    conn, _ = tcp_pair
+    with pytest.raises(TypeError, match=r"must be a number of seconds or None, not bool$"):
+        call(conn)
 
 
 @pytest.mark.timeout(20)
@@ -289,9 +325,10 @@ def test_next_larger_than_the_read_buffer_limit_waits_for_it(
     [
         (0, ValueError, "n must be > 0"),
         (-1, ValueError, "n must be >= 0"),
-        (1.5, TypeError, "n must be an int, not float"),
-        (True, TypeError, "n must be an int, not bool"),
-        (None, TypeError, "n must be an int, not NoneType"),
+        # The compiled build's own argument check says "int" where the pure one says "an int".
+        (1.5, TypeError, r"^n must be (an )?int, not float$"),
+        (True, TypeError, r"^n must be (an )?int, not bool$"),
+        (None, TypeError, r"^n must be (an )?int, not NoneType$"),
     ],
 )
 def test_set_read_buffer_limit_rejects_bad_arguments(
@@ -625,7 +662,7 @@ def test_string_errors_change_nothing(tcp_pair: tuple[netpoll.Connection, socket
         conn.write_string("x", encoding="no-such-codec")
     with pytest.raises(UnicodeEncodeError, match="'ascii' codec can't encode"):
         conn.write_string("\u00fc", encoding="ascii")
-    with pytest.raises(TypeError, match="s must be a str, not bytes"):
+    with pytest.raises(TypeError, match=r"^s must be (a )?str, not bytes$"):
         conn.write_string(b"x")  # type: ignore[arg-type]
     assert conn.malloc_len() == 0
     peer.sendall(b"kept")

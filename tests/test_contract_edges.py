@@ -424,9 +424,13 @@ def test_connection_sends_a_strided_view(
         (
             lambda: netpoll.create_listener("tcp", "127.0.0.1:0", backlog="5"),
             TypeError,
-            "backlog must be an int, not str",
+            r"^backlog must be (an int|int or None), not str$",  # pure | compiled wording
         ),
-        (lambda: netpoll.create_listener(4, "127.0.0.1:0"), TypeError, "network must be a str"),
+        (
+            lambda: netpoll.create_listener(4, "127.0.0.1:0"),
+            TypeError,
+            r"^network must be (a )?str, not int$",
+        ),
         (lambda: netpoll.dial_connection(b"tcp", "127.0.0.1:1"), TypeError, "network must be"),
         (
             lambda: netpoll.create_listener("tcp", 8080),
