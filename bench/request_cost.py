@@ -130,6 +130,9 @@ def opcode_counts(
     else:
         server.setblocking(False)
         fconn = floor(server)
+    # Whatever tracer runs already (coverage.py, a debugger) is put back afterwards, not
+    # switched off for the rest of the process.
+    previous = sys.gettrace()
     try:
         for i in range(11):
             client.send(msg)
@@ -143,7 +146,7 @@ def opcode_counts(
                 elif fconn is not None:
                     fconn.on_readable(handler)
             finally:
-                sys.settrace(None)
+                sys.settrace(previous)
             client.recv(65536)
     finally:
         if conn is not None:

@@ -8,6 +8,7 @@ import math
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ from typing import Any
 import pytest
 
 import netpoll
-from conftest import IO_TIMEOUT, ServeFactory, echo_handler, recv_exact, recv_until_eof
+from conftest import (
+    IO_TIMEOUT,
+    ServeFactory,
+    echo_handler,
+    recv_exact,
+    recv_until_eof,
+    wait_until,
+)
 
 # --------------------------------------------------------------------------- pollers
 
@@ -441,9 +449,8 @@ def test_shard_queue_close_waits_then_refuses(
     expected = b"[slow]" + b"".join(b"[%02d]" % i for i in range(10))
     assert sink.wait_for(len(expected))
     assert bytes(sink.data) == expected
-    with pytest.raises(Exception) as ei:
+    with pytest.raises(netpoll.ConnectionClosedError, match=r"^ShardQueue is closed$"):
         q.add(_getter(b"late"))
-    assert not isinstance(ei.value, (TypeError, AttributeError, NameError))
     assert not sink.wait_for(len(expected) + 1, 0.1)  # nothing more was sent
 
 
@@ -480,6 +487,48 @@ def test_shard_queue_close_from_a_getter_does_not_wait_for_itself(
     assert bytes(sink.data) == b"[closer][after]"
     with pytest.raises(netpoll.ConnectionClosedError):
         q.add(_getter(b"late"))
+
+
+@pytest.mark.timeout(20)
+def test_shard_queue_close_times_out_with_work_queued(
+    mux_pair: tuple[netpoll.Connection, _Sink],
+) -> None:
+    """close(timeout) raises TimeoutError once ``timeout`` seconds pass with writers still
+    queued (close(0) at once); the queue refuses new work from then on, and what was
+    queued before still goes out, after which close() returns."""
+    conn, sink = mux_pair
+    q = netpoll.mux.ShardQueue(2, conn)
+    in_getter = threading.Event()
+    gate = threading.Event()
+
+    def stuck_getter() -> tuple[Any, bool]:
+        in_getter.set()
+        gate.wait(IO_TIMEOUT)
+        return _getter(b"[stuck]")()
+
+    q.add(stuck_getter, _getter(b"[queued]"))
+    assert in_getter.wait(IO_TIMEOUT)
+    try:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"ShardQueue\.close timed out"):
+            q.close(0.3)
+        elapsed = time.monotonic() - start
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"ShardQueue\.close timed out"):
+            q.close(0)
+        at_once = time.monotonic() - start
+        with pytest.raises(netpoll.ConnectionClosedError, match=r"^ShardQueue is closed$"):
+            q.add(_getter(b"[late]"))
+        assert len(sink.data) == 0, "sent while the getter was still running"
+    finally:
+        gate.set()
+    assert 0.25 <= elapsed < IO_TIMEOUT, f"close(0.3) gave up after {elapsed:.3f}s"
+    assert at_once < 0.25, f"close(0) waited {at_once:.3f}s"
+    expected = b"[stuck][queued]"
+    assert sink.wait_for(len(expected))
+    q.close(IO_TIMEOUT)  # drained now: returns without raising
+    assert bytes(sink.data) == expected
+    assert len(q) == 0
 
 
 @pytest.mark.timeout(20)
@@ -521,3 +570,116 @@ def test_set_logger_output_follows_a_logger_change(
         for h in list(log.handlers):
             if isinstance(h, logging.StreamHandler) and h.stream is out2:
                 log.removeHandler(h)
+
+
+@pytest.mark.timeout(20)
+def test_shard_queue_size_len_and_argument_checks(
+    mux_pair: tuple[netpoll.Connection, _Sink],
+) -> None:
+    """size is the shard count; len() counts getters queued and not yet drained; add()
+    with nothing is a no-op, and a call with any non-callable raises and queues none."""
+    conn, sink = mux_pair
+    q = netpoll.mux.ShardQueue(3, conn)
+    assert q.size == 3
+    assert len(q) == 0
+    q.add()
+    assert len(q) == 0
+    with pytest.raises(TypeError, match="getters must be callables, not bytes"):
+        q.add(_getter(b"[never]"), b"not a getter")  # type: ignore[arg-type]
+    assert len(q) == 0
+    in_getter = threading.Event()
+    gate = threading.Event()
+
+    def stuck_getter() -> tuple[Any, bool]:
+        in_getter.set()
+        gate.wait(IO_TIMEOUT)
+        return _getter(b"[a]")()
+
+    q.add(stuck_getter)
+    assert in_getter.wait(IO_TIMEOUT)
+    q.add(_getter(b"[b]"), _getter(b"[c]"))  # queued behind the running batch
+    assert len(q) == 2
+    gate.set()
+    assert sink.wait_for(len(b"[a][b][c]"))
+    q.close(IO_TIMEOUT)
+    assert len(q) == 0
+    assert bytes(sink.data) == b"[a][b][c]"  # the rejected call's getter never ran
+
+
+@pytest.mark.timeout(20)
+def test_shard_queue_drains_through_the_configured_runner(
+    mux_pair: tuple[netpoll.Connection, _Sink],
+) -> None:
+    """With a runner configured, the drain task is handed to it (ctx None), as handler
+    tasks are."""
+    conn, sink = mux_pair
+    calls: list[Any] = []
+
+    def runner(ctx: Any, task: Callable[[], None]) -> None:
+        calls.append(ctx)
+        threading.Thread(target=task, name="test-mux-runner", daemon=True).start()
+
+    netpoll.set_runner(runner)
+    q = netpoll.mux.ShardQueue(2, conn)
+    q.add(_getter(b"via runner"))
+    assert sink.wait_for(10)
+    q.close(IO_TIMEOUT)
+    assert calls == [None]
+    assert bytes(sink.data) == b"via runner"
+
+
+@pytest.mark.timeout(20)
+def test_shard_queue_on_a_closed_connection_drops_work_and_refuses_more(
+    mux_pair: tuple[netpoll.Connection, _Sink],
+) -> None:
+    """When the connection is closed, the drain's write fails: what was queued is
+    dropped, the queue refuses new work, and close() returns at once."""
+    conn, sink = mux_pair
+    q = netpoll.mux.ShardQueue(2, conn)
+    conn.close()
+    q.add(_getter(b"[lost]"), _getter(b"[lost too]"))
+    assert wait_until(lambda: _adds_refused(q), IO_TIMEOUT), "the queue still takes work"
+    assert len(q) == 0
+    with pytest.raises(netpoll.ConnectionClosedError, match=r"^ShardQueue is closed$"):
+        q.add(_getter(b"[late]"))
+    q.close(0)  # nothing is draining: returns without waiting or raising
+    sink.thread.join(IO_TIMEOUT)  # the peer saw the close
+    assert not sink.thread.is_alive()
+    assert bytes(sink.data) == b""
+
+
+def _adds_refused(q: netpoll.mux.ShardQueue) -> bool:
+    """True once ``q`` refuses work (it fails the drain on its own thread)."""
+    try:
+        q.add(_getter(None))  # a nil writer: nothing is sent if it is accepted
+    except netpoll.ConnectionClosedError:
+        return True
+    return False
+
+
+@pytest.mark.timeout(20)
+def test_shard_queue_getter_error_is_logged_and_closes_the_connection(
+    mux_pair: tuple[netpoll.Connection, _Sink],
+    custom_logger: tuple[logging.Logger, _ListHandler],
+) -> None:
+    """A getter that raises: the error is logged with its traceback, the connection is
+    closed (the peer reads the end of the stream) and the queue refuses new work."""
+    conn, sink = mux_pair
+    log, records = custom_logger
+    netpoll.configure(logger=log)
+
+    def failing_getter() -> tuple[Any, bool]:
+        raise RuntimeError("getter failure xyzzy")
+
+    q = netpoll.mux.ShardQueue(2, conn)
+    q.add(failing_getter, _getter(b"[dropped]"))
+    assert wait_until(lambda: not conn.is_active(), IO_TIMEOUT)
+    sink.thread.join(IO_TIMEOUT)
+    assert not sink.thread.is_alive(), "the peer did not see the end of the stream"
+    assert bytes(sink.data) == b""
+    failures = [r for r in records.records if r.exc_info and "xyzzy" in str(r.exc_info[1])]
+    assert len(failures) == 1
+    assert "ShardQueue failed to write" in failures[0].getMessage()
+    with pytest.raises(netpoll.ConnectionClosedError, match=r"^ShardQueue is closed$"):
+        q.add(_getter(b"[late]"))
+    q.close(0)

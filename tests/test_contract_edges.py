@@ -3,6 +3,7 @@ the read limit and hang-ups, address forms, stats, and views the caller gives ba
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import math
@@ -342,30 +343,43 @@ def test_infinite_dial_timeout_means_none() -> None:
 @pytest.mark.timeout(10)
 def test_unix_dial_with_full_backlog_raises(tmp_path: Any) -> None:
     """Dialing a unix listener whose backlog is full gives the OSError the OS gave
-    (EAGAIN), as in Go, never a Connection that was not connected."""
+    (EAGAIN), as in Go, never a Connection that was not connected.
+
+    Linux queues one more connection than a unix listener's backlog: with ``listen(0)``
+    the first dial connects (and carries data), every later one is refused with EAGAIN
+    until the listener accepts, after which a dial connects again."""
     path = str(tmp_path / "full.sock")
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lsock.bind(path)
-    lsock.listen(0)  # never accepted: the backlog fills after one or two dials
+    lsock.listen(0)
+    lsock.settimeout(IO_TIMEOUT)
     opened: list[netpoll.Connection] = []
-    bogus: list[str] = []
+    accepted: list[socket.socket] = []
     try:
-        for i in range(4):
-            try:
-                conn = netpoll.dial_connection("unix", path, timeout=0.3)
-            except OSError:  # EAGAIN, or DialTimeoutError (a TimeoutError): both fine
-                continue
-            opened.append(conn)
-            active = conn.is_active()
-            try:
-                conn.write(b"x")
-            except netpoll.ConnectionClosedError as exc:
-                bogus.append(f"dial {i}: returned, is_active()={active}, then write: {exc}")
+        first = netpoll.dial_connection("unix", path, timeout=0.3)
+        opened.append(first)
+        assert first.is_active()
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            with pytest.raises(BlockingIOError, match="Resource temporarily unavailable") as ei:
+                opened.append(netpoll.dial_connection("unix", path, timeout=0.3))
+            assert ei.value.errno == errno.EAGAIN
+            assert path in str(ei.value), "the error names the address dialed"
+        assert len(os.listdir("/proc/self/fd")) == fds, "a refused dial leaked its socket"
+        first.write(b"x")
+        peer, _ = lsock.accept()  # the queued connection is the first dial's, and real
+        accepted.append(peer)
+        peer.settimeout(IO_TIMEOUT)
+        assert peer.recv(1) == b"x"
+        again = netpoll.dial_connection("unix", path, timeout=0.3)  # room in the queue again
+        opened.append(again)
+        assert again.is_active()
     finally:
         for c in opened:
             c.close()
+        for p in accepted:
+            p.close()
         lsock.close()
-    assert bogus == []
 
 
 # --- non-contiguous views
@@ -407,6 +421,34 @@ def test_connection_sends_a_strided_view(
             ValueError,
             "read_buffer_limit",
         ),
+        (
+            lambda: netpoll.create_listener("tcp", "127.0.0.1:0", backlog="5"),
+            TypeError,
+            r"^backlog must be (an int|int or None), not str$",  # pure | compiled wording
+        ),
+        (
+            lambda: netpoll.create_listener(4, "127.0.0.1:0"),
+            TypeError,
+            r"^network must be (a )?str, not int$",
+        ),
+        (lambda: netpoll.dial_connection(b"tcp", "127.0.0.1:1"), TypeError, "network must be"),
+        (
+            lambda: netpoll.create_listener("tcp", 8080),
+            TypeError,
+            "address must be a str or a tuple, not int",
+        ),
+        (lambda: netpoll.create_listener("tcp", "[::1:80"), ValueError, r"'\[host\]:port'"),
+        (lambda: netpoll.create_listener("tcp", "[::1]80"), ValueError, r"'\[host\]:port'"),
+        (
+            lambda: netpoll.create_listener("tcp", "::1:80"),
+            ValueError,
+            r"IPv6 hosts must be written '\[host\]:port'",
+        ),
+        (lambda: netpoll.create_listener("tcp", ("::1",)), ValueError, r"\(host, port"),
+        (lambda: netpoll.create_listener("tcp6", "127.0.0.1:0"), ValueError, "cannot resolve"),
+        (lambda: netpoll.dial_connection("tcp4", "[::1]:1"), ValueError, "cannot resolve"),
+        (lambda: netpoll.create_listener("unix", b""), ValueError, "non-empty path"),
+        (lambda: netpoll.dial_connection("unix", None), ValueError, "non-empty path"),
     ],
 )
 def test_bad_arguments_name_the_problem(call: Any, exc: type[Exception], words: str) -> None:

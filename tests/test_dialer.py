@@ -33,6 +33,8 @@ def _round_trip(conn: netpoll.Connection, msg: bytes = b"dial round trip") -> No
         ("tcp4", "host:port"),
         ("tcp4", "tuple"),
         ("tcp4", "localhost:port"),  # tcp4: "localhost" can only mean 127.0.0.1
+        ("tcp4", ":port"),  # no host: the local system, as in Go
+        ("tcp", ":port"),  # "localhost" of either family: the IPv4 one answers
     ],
 )
 def test_dial_tcp_address_forms(serve: ServeFactory, net: str, form: str) -> None:
@@ -42,6 +44,7 @@ def test_dial_tcp_address_forms(serve: ServeFactory, net: str, form: str) -> Non
         "host:port": f"127.0.0.1:{port}",
         "tuple": ("127.0.0.1", port),
         "localhost:port": f"localhost:{port}",
+        ":port": f":{port}",
     }[form]
     conn = netpoll.dial_connection(net, address)
     assert conn.remote_addr[:2] == ("127.0.0.1", port)

@@ -887,33 +887,59 @@ def test_write_binary_source_may_change_after_flush() -> None:
 # --------------------------------------------------------------------------- close
 
 
-CLOSED_CALLS = {
+# A closed buffer has nothing to read (reads raise InsufficientDataError, a ValueError)
+# and takes no writes (ValueError); both say why.
+CLOSED_READS = {
     "next": lambda lb: lb.next(1),
     "peek": lambda lb: lb.peek(1),
     "skip": lambda lb: lb.skip(1),
     "read_binary": lambda lb: lb.read_binary(1),
+    "read_string": lambda lb: lb.read_string(1),
     "read_byte": lambda lb: lb.read_byte(),
+    "read_line": lambda lb: lb.read_line(),
     "until": lambda lb: lb.until(b"a"),
     "slice": lambda lb: lb.slice(1),
+}
+CLOSED_WRITES = {
     "write_binary": lambda lb: lb.write_binary(b"x"),
     "write_string": lambda lb: lb.write_string("x"),
     "write_byte": lambda lb: lb.write_byte(1),
+    "write_direct": lambda lb: lb.write_direct(b"x", 0),
     "malloc": lambda lb: lb.malloc(1),
+    "malloc_ack": lambda lb: lb.malloc_ack(0),
+    "append": lambda lb: lb.append(netpoll.LinkBuffer()),
+    "flush": lambda lb: lb.flush(),
+    "get_bytes": lambda lb: lb.get_bytes(),
 }
 
 
-@pytest.mark.parametrize("op", sorted(CLOSED_CALLS))
-def test_closed_buffer_operations_raise(op: str) -> None:
+@pytest.mark.parametrize("op", sorted(CLOSED_READS))
+def test_closed_buffer_reads_raise(op: str) -> None:
     lb = _filled(b"a" * 100)
     lb.close()
-    with pytest.raises((ValueError, RuntimeError, OSError, netpoll.NetpollError)):
-        CLOSED_CALLS[op](lb)
+    with pytest.raises(netpoll.InsufficientDataError, match=r"^LinkBuffer is closed$"):
+        CLOSED_READS[op](lb)
+
+
+@pytest.mark.parametrize("op", sorted(CLOSED_WRITES))
+def test_closed_buffer_writes_raise(op: str) -> None:
+    lb = _filled(b"a" * 100)
+    lb.close()
+    with pytest.raises(ValueError, match=r"^LinkBuffer is closed$"):
+        CLOSED_WRITES[op](lb)
 
 
 def test_close_is_idempotent() -> None:
+    """A second close() is a no-op: no error, and the buffer stays closed and empty."""
     lb = _filled(b"abc")
     lb.close()
     lb.close()
+    assert lb.closed
+    assert len(lb) == 0 and lb.is_empty() and lb.malloc_len() == 0
+    with pytest.raises(ValueError, match=r"^LinkBuffer is closed$"):
+        lb.write_binary(b"x")
+    with pytest.raises(netpoll.InsufficientDataError, match=r"^LinkBuffer is closed$"):
+        lb.next(1)
 
 
 # --------------------------------------------------------------------------- memory

@@ -69,19 +69,19 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "make",
+    ("make", "words"),
     [
-        lambda: netpoll.new_reader(object()),
-        lambda: netpoll.new_reader(b"bytes are not a stream"),
-        lambda: netpoll.new_writer(object()),
-        lambda: netpoll.new_read_writer(42),
-        lambda: netpoll.new_io_reader(42),
-        lambda: netpoll.new_io_writer(object()),
+        (lambda: netpoll.new_reader(object()), "recv_into.*object has neither"),
+        (lambda: netpoll.new_reader(b"bytes are not a stream"), "bytes has neither"),
+        (lambda: netpoll.new_writer(object()), r"send\(\) or write\(\), object has neither"),
+        (lambda: netpoll.new_read_writer(42), "int has neither"),
+        (lambda: netpoll.new_io_reader(42), "r must be a netpoll Reader, not int"),
+        (lambda: netpoll.new_io_writer(object()), "w must be a netpoll Writer, not object"),
     ],
     ids=["reader", "reader_bytes", "writer", "read_writer", "io_reader", "io_writer"],
 )
-def test_adapters_reject_wrong_types(make) -> None:
-    with pytest.raises(TypeError):
+def test_adapters_reject_wrong_types(make, words: str) -> None:
+    with pytest.raises(TypeError, match=words):
         make()
 
 
@@ -231,6 +231,55 @@ def test_new_writer_append_linkbuffer() -> None:
     assert dst.getvalue() == b"own+appended"
 
 
+def test_new_writer_append_takes_any_netpoll_writer(sockpair) -> None:
+    """append() moves the unflushed data of another adapter, of a read-writer and of a
+    live connection (its pending write included), leaving each empty; anything else is a
+    TypeError naming the argument, and changes nothing."""
+    dst = io.BytesIO()
+    writer = netpoll.new_writer(dst)
+    other = netpoll.new_writer(io.BytesIO())
+    other.write_binary(b"[adapter]")
+    a, _ = sockpair
+    rw = netpoll.new_read_writer(a)
+    rw.write_string("[read-writer]")
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    conn = netpoll.dial_connection("tcp", lsock.getsockname(), timeout=TIMEOUT)
+    try:
+        conn.write_binary(b"[connection]")
+        writer.write_binary(b"own")
+        writer.append(other)
+        writer.append(rw)
+        writer.append(conn)
+        with pytest.raises(TypeError, match="w must be a netpoll Writer, not bytes"):
+            writer.append(b"raw bytes")
+        assert other.malloc_len() == rw.malloc_len() == conn.malloc_len() == 0
+        assert dst.getvalue() == b""
+        writer.flush()
+    finally:
+        conn.close()
+        lsock.close()
+    assert dst.getvalue() == b"own[adapter][read-writer][connection]"
+
+
+def test_stream_reader_len_and_read_byte(sockpair) -> None:
+    """A stream reader pulls what has arrived: read_byte() waits for one byte and the
+    rest of that receive is then buffered (len() and .len() say how much)."""
+    a, b = sockpair
+    reader = netpoll.new_reader(a)
+    assert len(reader) == 0 and reader.len() == 0
+    b.sendall(b"xyz")
+    assert reader.read_byte() == ord("x")
+    assert len(reader) == 2 and reader.len() == 2
+    assert reader.read_byte() == ord("y")
+    b.sendall(b"!")
+    b.close()
+    assert reader.read_binary(2) == b"z!"
+    with pytest.raises(netpoll.PeerClosedError, match="end of stream"):
+        reader.read_byte()
+
+
 @pytest.mark.timeout(30)
 def test_new_writer_socketpair_large(sockpair) -> None:
     a, b = sockpair
@@ -325,6 +374,23 @@ def test_new_io_reader_copy_survives_buffer_reuse() -> None:
         lb.next(100)
         lb.release()
     assert got == b"A" * 100
+
+
+def test_new_io_reader_over_a_stream_waits_then_returns_what_came(sockpair) -> None:
+    """Over a reader that blocks (a socket's), read(n) waits for the first byte, then
+    returns everything that arrived with it, up to n, as a raw stream does; the end of
+    the stream reads as b""."""
+    a, b = sockpair
+    raw = netpoll.new_io_reader(netpoll.new_reader(a))
+    b.sendall(b"hello")
+    assert raw.read(100) == b"hello"
+    reader = _Thread(lambda: raw.read(3))
+    reader.start()
+    b.sendall(b"world")
+    assert reader.join_checked() == b"wor"
+    assert raw.read(100) == b"ld"
+    b.close()
+    assert raw.read(10) == b""
 
 
 # --------------------------------------------------------------------------- new_io_writer

@@ -348,12 +348,14 @@ def test_on_disconnect_not_before_on_connect_finished(serve: ServeFactory) -> No
     disconnected = threading.Event()
     lock = threading.Lock()
     order: list[str] = []
+    noticed: list[bool] = []
 
     def on_connect(ctx: Any, conn: netpoll.Connection) -> str:
         in_connect.set()
         release_connect.wait(IO_TIMEOUT)
-        # Give the poller every chance to notice the peer close before we return.
-        wait_until(lambda: not conn.is_active(), 2.0)
+        # The poller notices the peer close while on_connect still runs (so on_disconnect
+        # is due now, and must wait until on_connect has returned).
+        noticed.append(wait_until(lambda: not conn.is_active(), IO_TIMEOUT))
         with lock:
             order.append("connect-end")
         return "ctx"
@@ -369,6 +371,7 @@ def test_on_disconnect_not_before_on_connect_finished(serve: ServeFactory) -> No
     c.close()
     release_connect.set()
     assert disconnected.wait(IO_TIMEOUT)
+    assert noticed == [True], "the peer close was not noticed while on_connect ran"
     with lock:
         assert order == ["connect-end", "disconnect:ctx"]
 
@@ -598,19 +601,26 @@ def test_idle_timeout_closes_silent_connection(serve: ServeFactory) -> None:
     assert wait_until(lambda: srv.loop.stats().closed_by_idle_timeout == 1)
 
 
-@pytest.mark.timeout(20)
+@pytest.mark.timeout(30)
 def test_idle_timeout_spares_an_active_connection(serve: ServeFactory) -> None:
-    srv = serve(echo_handler, idle_timeout=0.3)
+    """A request every 0.1 s keeps a connection with a 1.5 s idle timeout open for two
+    and a half idle periods (a wide margin: a loaded machine may delay a round trip by
+    a good fraction of a second without the test failing); once it goes silent, it is
+    closed, and not before an idle period has passed."""
+    srv = serve(echo_handler, idle_timeout=1.5)
     c = srv.connect()
     start = time.monotonic()
     i = 0
-    while time.monotonic() - start < 0.9:  # three idle periods, but never idle for one
+    while time.monotonic() - start < 3.75:  # 2.5 idle periods, never idle for one
         c.sendall(b"%03d" % i)
-        assert recv_exact(c, 3) == b"%03d" % i
+        assert recv_exact(c, 3) == b"%03d" % i, f"closed while active, after {i} requests"
         i += 1
         time.sleep(0.1)  # the client's pace (behaviour under test), not synchronisation
+    last = time.monotonic()
     assert srv.loop.stats().closed_by_idle_timeout == 0
     assert recv_until_eof(c) == b""  # and once silent, it is closed
+    assert time.monotonic() - last >= 1.2, "closed before an idle period of silence"
+    assert wait_until(lambda: srv.loop.stats().closed_by_idle_timeout == 1)
 
 
 # --------------------------------------------------------------------------- shutdown
@@ -781,6 +791,7 @@ def test_create_listener_tcp6(serve: ServeFactory) -> None:
 def test_listener_accept_gives_connection(network: str, tmp_path: Any) -> None:
     address = str(tmp_path / "acc.sock") if network == "unix" else "127.0.0.1:0"
     with netpoll.create_listener(network, address) as listener:
+        assert listener.network == network
         family = socket.AF_UNIX if network == "unix" else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as c:
             c.settimeout(IO_TIMEOUT)
@@ -794,6 +805,32 @@ def test_listener_accept_gives_connection(network: str, tmp_path: Any) -> None:
                 assert recv_exact(c, 4) == b"back"
     if network == "unix":
         assert not os.path.exists(address)
+    listener.close()  # again: a no-op
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        listener.accept()
+
+
+def test_unix_listener_close_removes_only_its_own_socket_file(tmp_path: Any) -> None:
+    """close() removes the socket file it listened on, but not a file that has since
+    taken that path (another program's), and closes quietly when the file is gone."""
+    path = tmp_path / "own.sock"
+    listener = netpoll.create_listener("unix", str(path))
+    assert path.is_socket()
+    listener.close()
+    assert not path.exists()
+    listener.close()  # no socket to ask for its path any more: a no-op
+    other = netpoll.create_listener("unix", str(path))
+    path.unlink()
+    path.write_bytes(b"someone else's file")
+    other.close()
+    assert path.read_bytes() == b"someone else's file"
+    path.unlink()
+    gone = netpoll.create_listener("unix", str(path))
+    path.unlink()  # removed behind the listener's back: close() has nothing to remove
+    gone.close()
+    assert not path.exists()
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        gone.accept()
 
 
 @pytest.mark.parametrize(

@@ -127,7 +127,12 @@ class HandlerAbort(BaseException):
 
 
 def base_exception_handler(ctx: Any, conn: netpoll.Connection) -> None:
-    conn.next(4)
+    """Answers b"PING" with b"PONG"; anything else raises a BaseException."""
+    if bytes(conn.next(4)) == b"PING":
+        conn.write_binary(b"PONG")
+        conn.flush()
+        conn.release()
+        return
     raise HandlerAbort("not an Exception")
 
 
@@ -143,8 +148,14 @@ def test_base_exception_from_handler_still_closes_the_connection() -> None:
         _, how = recv_until_closed(s)
         s.close()
         gone = wait_for(lambda: srv.stats().connections_open == 0, 1.5)
-        alive = connect(srv.addr, timeout=1.5)  # the server itself keeps serving
-        alive.close()
+        # The server itself keeps serving: a full round trip, not just a connect (which
+        # the kernel's backlog completes without the server accepting anything).
+        alive = connect(srv.addr, timeout=5.0)
+        try:
+            alive.sendall(b"PING")
+            answer = recv_exact(alive, 4)
+        finally:
+            alive.close()
     finally:
         try:
             srv.stop(timeout=1.5)
@@ -153,4 +164,5 @@ def test_base_exception_from_handler_still_closes_the_connection() -> None:
             stopped = False
     assert how in ("eof", "reset"), f"the client was left waiting ({how})"
     assert gone, "the server still counts the connection as open"
+    assert answer == b"PONG", "the server no longer answers requests"
     assert stopped, "shutdown() timed out on the connection"
