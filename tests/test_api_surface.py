@@ -100,20 +100,6 @@ def test_set_keepalive_sets_the_socket_options(
     assert recv_exact(tcp_pair[1], 2) == b"ok"
 
 
-HALF_APPLIED = pytest.mark.xfail(
-    strict=True,
-    reason="bug: set_keepalive(idle, bad_interval) turns SO_KEEPALIVE on and sets "
-    "TCP_KEEPIDLE before it checks interval, so the call that raises has half applied",
-)
-# Compiled, a non-number is refused at the call boundary, before anything is set.
-HALF_APPLIED_PURE = pytest.mark.xfail(
-    not netpoll.compiled,
-    strict=True,
-    reason="bug (pure build): set_keepalive(idle, bad_interval) turns SO_KEEPALIVE on and "
-    "sets TCP_KEEPIDLE before it checks interval, so the call that raises has half applied",
-)
-
-
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize(
     ("args", "exc", "words"),
@@ -121,12 +107,11 @@ HALF_APPLIED_PURE = pytest.mark.xfail(
         ((-1,), ValueError, "idle must be >= 0"),
         ((math.nan,), ValueError, "idle must be >= 0"),
         (("5",), TypeError, r"^idle must be (a number of seconds or None|float or None), not str$"),
-        pytest.param((5, -2), ValueError, "interval must be >= 0", marks=HALF_APPLIED),
-        pytest.param(
+        ((5, -2), ValueError, "interval must be >= 0"),
+        (
             (5, "2"),
             TypeError,
             r"^interval must be (a number of seconds or None|float or None), not str$",
-            marks=HALF_APPLIED_PURE,
         ),
     ],
 )
@@ -143,12 +128,6 @@ def test_set_keepalive_rejects_bad_arguments(
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.xfail(
-    netpoll.compiled,
-    strict=True,
-    reason="bug (compiled build only): mypyc converts True to 1.0 for parameters typed "
-    "float | None, so these calls accept a bool where the pure build raises TypeError",
-)
 @pytest.mark.parametrize(
     ("name", "call"),
     [
@@ -192,11 +171,6 @@ def test_set_keepalive_on_a_server_connection(serve: ServeFactory) -> None:
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: set_keepalive after close() raises a bare OSError(EBADF) from setsockopt, "
-    "not ConnectionClosedError",
-)
 def test_set_keepalive_after_close_says_the_connection_is_closed(
     tcp_pair: tuple[netpoll.Connection, socket.socket],
 ) -> None:
@@ -207,11 +181,6 @@ def test_set_keepalive_after_close_says_the_connection_is_closed(
 
 
 @pytest.mark.timeout(10)
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: set_keepalive on a unix connection raises a bare OSError(EOPNOTSUPP), "
-    "'Operation not supported', that does not say keepalive is for TCP only",
-)
 def test_set_keepalive_on_a_unix_connection_names_the_problem(tmp_path: Path) -> None:
     path = str(tmp_path / "ka.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lsock:
@@ -464,11 +433,6 @@ def test_abstract_unix_address_listen_dial_round_trip(serve: ServeFactory, form:
 
 @pytest.mark.timeout(10)
 @linux_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _addr limits every unix address to 107 bytes, but an abstract name has no "
-    "final NUL and may fill all 108 bytes of sun_path (the kernel and Go accept it)",
-)
 def test_abstract_unix_name_may_fill_sun_path() -> None:
     name = "\0" + uuid.uuid4().hex * 4  # 1 + 128 bytes: too long; trim to 108
     name = name[:108]
@@ -543,12 +507,6 @@ def test_netpoll_backend_environment_variable(backend: str) -> None:
 
 @pytest.mark.timeout(90)
 @linux_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a bad NETPOLL_BACKEND makes the first dial or serve raise "
-    "\"ValueError: kind must be 'epoll' or 'poll'\", naming an internal parameter "
-    "instead of the environment variable",
-)
 def test_bad_netpoll_backend_names_the_variable() -> None:
     script = textwrap.dedent(
         """

@@ -9,6 +9,7 @@ __all__ = ["NETWORKS", "family_for", "resolve", "resolve_all"]
 
 NETWORKS = ("tcp", "tcp4", "tcp6", "unix")
 _UNIX_PATH_MAX = 107  # sun_path holds 108 bytes on Linux, one of them the final NUL
+_UNIX_ABSTRACT_MAX = 108  # an abstract name (leading NUL) has no final NUL: all 108
 
 
 def family_for(network: str) -> int:
@@ -64,8 +65,11 @@ def resolve_all(network: str, address: Any, *, passive: bool) -> list[tuple[int,
         # the path short.
         if "\0" in address[1:]:
             raise ValueError(f"address {address!r}: a unix path must not contain NUL bytes")
-        if len(address.encode()) > _UNIX_PATH_MAX:
-            raise ValueError(f"address {address!r}: a unix path is at most {_UNIX_PATH_MAX} bytes")
+        abstract = address.startswith("\0")
+        limit = _UNIX_ABSTRACT_MAX if abstract else _UNIX_PATH_MAX
+        if len(address.encode()) > limit:
+            what = "an abstract unix name" if abstract else "a unix path"
+            raise ValueError(f"address {address!r}: {what} is at most {limit} bytes")
         return [(socket.AF_UNIX, address)]
     if isinstance(address, tuple):
         if len(address) < 2 or type(address[1]) is not int:

@@ -250,17 +250,38 @@ class Connection(Writing):
                 self._maybe_resume_locked()
 
     def set_keepalive(self, idle: float | None, interval: float | None = None) -> None:
-        """Turn TCP keepalive on with probes after ``idle`` seconds, or off with ``None``."""
+        """Turn TCP keepalive on with probes after ``idle`` seconds, or off with ``None``.
+
+        ``interval`` (default: ``idle``) is the time between probes. Both are checked
+        before anything is set, so a call that raises changes nothing.
+        """
+        if interval is not None:
+            timeout_value(interval, "interval")  # checks the type first, even beside idle=None
+        idle_s = every = 0
+        if idle is not None:
+            idle_s = every = keepalive_seconds(idle, "idle")
+            if interval:
+                every = keepalive_seconds(interval, "interval")
         sock = self._sock
-        if idle is None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
-            return
-        idle_s = keepalive_seconds(idle, "idle")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
-            every = idle_s if not interval else keepalive_seconds(interval, "interval")
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, every)
+        if self._closed:
+            raise ConnectionClosedError("connection is closed")
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(
+                f"set_keepalive: keepalive is a TCP option; this connection is over "
+                f"{socket.AddressFamily(sock.family).name}"
+            )
+        try:
+            if idle is None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+                return
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, every)
+        except OSError as exc:
+            if self._closed:  # closed meanwhile, by another thread
+                raise ConnectionClosedError("connection is closed") from exc
+            raise
 
     # ------------------------------------------------------------------ Reader and Writer
     # The calls applications make, with their fast paths inline. They are defined on
@@ -361,7 +382,27 @@ class Connection(Writing):
         lock_acquire(lock)
         try:
             inb = self._in
-            pos = inb._find(10) if not self._closed else -1
+            if not self._closed and inb._rlen:
+                # The common case inline: the whole line is in the head node's own block.
+                node = inb._nodes[inb._hi]
+                buf = node.buf
+                r = node.r
+                if buf is not None:
+                    pos = buf.find(10, r, min(node.w, r + inb._rlen))
+                    if pos >= 0:
+                        node.r = pos + 1
+                        inb._rlen -= pos + 1 - r
+                        if pos > r and buf[pos - 1] == 13:
+                            pos -= 1
+                        ev = node.ev
+                        if ev is None:
+                            ev = node.ev = memoryview(buf)
+                        out = ev[r:pos]
+                        inb._track(out)
+                        return out
+                pos = inb._find(10)
+            else:
+                pos = -1
             if pos >= 0:
                 line = inb.next(pos + 1)
             else:
@@ -379,7 +420,15 @@ class Connection(Writing):
         lock_acquire(lock)
         try:
             inb = self._in
-            if type(n) is not int or n > inb._rlen or self._closed:
+            if type(n) is int and 0 < n <= inb._rlen and not self._closed:
+                node = inb._nodes[inb._hi]
+                r = node.r
+                e = r + n
+                if e <= node.w:  # in the head node: LinkBuffer.read_binary inlined
+                    node.r = e
+                    inb._rlen -= n
+                    return node.mv[r:e].tobytes()
+            else:
                 _check_size(n)  # the bytes are not all here yet, or something is wrong
                 self._ensure_locked(n)
             return inb.read_binary(n)

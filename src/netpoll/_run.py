@@ -143,7 +143,7 @@ def _check_args(app: object, workers: object, shutdown_timeout: object) -> float
             )
     elif not callable(app):
         raise TypeError(f"app must be an EventLoop or a callable, not {type(app).__name__}")
-    limit = wait_limit(shutdown_timeout, "shutdown_timeout")  # type: ignore[arg-type]
+    limit = wait_limit(shutdown_timeout, "shutdown_timeout")
     return float("inf") if limit is None else limit
 
 

@@ -14,7 +14,11 @@ NO_LIMIT: Final = 1e9  # seconds; a timeout this long or longer is no timeout
 _MAX_KEEPALIVE: Final = 32767  # the kernel's limit for TCP_KEEPIDLE and TCP_KEEPINTVL
 
 
-def timeout_value(t: float | None, name: str) -> float:
+# The helpers take ``object``, not ``float``: compiled, a ``float`` parameter would turn
+# a bool into 1.0 or 0.0 before the check below could refuse it.
+
+
+def timeout_value(t: object, name: str) -> float:
     """Seconds as a float, 0.0 meaning none: ``None``, 0, infinity and anything from
     ``NO_LIMIT`` seconds (about 31 years) up mean no limit."""
     if t is None:
@@ -28,17 +32,19 @@ def timeout_value(t: float | None, name: str) -> float:
     return float(t)
 
 
-def wait_limit(t: float | None, name: str) -> float | None:
+def wait_limit(t: object, name: str) -> float | None:
     """Seconds a wait may last: ``None`` for no limit (``None``, infinity, ``NO_LIMIT``
     up), 0 for not waiting at all (where ``timeout_value`` reads 0 as no limit)."""
-    if t is None:
-        return None
     seconds = timeout_value(t, name)  # checks t
-    return None if t >= NO_LIMIT else seconds
+    if seconds or t == 0:  # t == 0 is 0 or 0.0 here: a bool was refused above
+        return seconds
+    return None
 
 
-def keepalive_seconds(t: float, name: str) -> int:
+def keepalive_seconds(t: object, name: str) -> int:
     """Whole seconds for a keepalive option, 1 to the kernel's limit (infinity: the limit)."""
+    if t is None:
+        raise TypeError(f"{name} must be a number of seconds, not None")
     value = timeout_value(t, name)
     if not value:
         return 1 if t == 0 else _MAX_KEEPALIVE

@@ -174,11 +174,14 @@ class PollBackend(Backend):
 
 def new_backend(kind: str | None = None) -> Backend:
     """The best backend here, or the one named by ``kind`` (``"epoll"`` or ``"poll"``)."""
-    kind = kind or os.environ.get("NETPOLL_BACKEND") or None
+    source = "kind"
+    if not kind:
+        kind = os.environ.get("NETPOLL_BACKEND") or None
+        source = "the environment variable NETPOLL_BACKEND"
     if kind is None:
         kind = "epoll" if hasattr(select, "epoll") else "poll"
     if kind == "epoll":
         return EpollBackend()
     if kind == "poll":
         return PollBackend()
-    raise ValueError(f"kind must be 'epoll' or 'poll', got {kind!r}")
+    raise ValueError(f"{source} must be 'epoll' or 'poll', got {kind!r}")
