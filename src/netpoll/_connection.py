@@ -332,10 +332,22 @@ class Connection(Writing):
         lock = self._lock
         lock_acquire(lock)
         try:
-            if type(n) is not int or n > self._in._rlen or self._closed:
+            inb = self._in
+            if type(n) is int and 0 < n <= inb._rlen and not self._closed:
+                node = inb._nodes[inb._hi]
+                r = node.r
+                e = r + n
+                if e <= node.w:  # in the head node: LinkBuffer.peek inlined
+                    ev = node.ev
+                    if ev is None:  # input nodes always own their block
+                        ev = node.ev = memoryview(node.buf)  # type: ignore[arg-type]
+                    v = ev[r:e]
+                    inb._track(v)
+                    return v
+            else:
                 _check_size(n)  # the bytes are not all here yet, or something is wrong
                 self._ensure_locked(n)
-            return self._in.peek(n)
+            return inb.peek(n)
         finally:
             lock_release(lock)
 
@@ -362,12 +374,28 @@ class Connection(Writing):
     def until(self, delim: int | bytes) -> memoryview:
         """Data up to and including ``delim``; on a peer close first, ``PeerClosedError.partial``
         holds what was buffered."""
-        byte = _delim_byte(delim)
+        byte = delim if type(delim) is int and 0 <= delim <= 255 else _delim_byte(delim)
         lock = self._lock
         lock_acquire(lock)
         try:
             inb = self._in
-            if not self._closed:
+            if not self._closed and inb._rlen:
+                # The common case inline: the delimiter is in the head node's own block.
+                node = inb._nodes[inb._hi]
+                buf = node.buf
+                r = node.r
+                if buf is not None:
+                    pos = buf.find(byte, r, min(node.w, r + inb._rlen))
+                    if pos >= 0:
+                        pos += 1
+                        node.r = pos
+                        inb._rlen -= pos - r
+                        ev = node.ev
+                        if ev is None:
+                            ev = node.ev = memoryview(buf)
+                        v = ev[r:pos]
+                        inb._track(v)
+                        return v
                 pos = inb._find(byte)
                 if pos >= 0:  # the delimiter is here already: one lock round, no waiting
                     return inb.next(pos + 1)
