@@ -157,8 +157,17 @@ def opcode_counts(
 
 
 HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+RESP_SET = b"*3\r\n$3\r\nSET\r\n$16\r\nkey:000000000042\r\n$3\r\nxxx\r\n"
 MESSAGES = {"echo": MESSAGE, "frames": FRAME, "http": HTTP_REQUEST}
-CASES = ("raw", *(f"{kind}{w}" for kind in ("", "floor-", "safe-", "owned-") for w in MESSAGES))
+# RESP SET, parsed from one peek (resp) or field by field (resplines: read_line,
+# read_binary, skip, as bench.handlers.resp_lines_handler): netpoll only, no floors.
+RESP_MESSAGES = {"resp": RESP_SET, "resplines": RESP_SET}
+RESP_WORKLOADS = {"resp": "resp", "resplines": "resp-lines"}
+CASES = (
+    "raw",
+    *(f"{kind}{w}" for kind in ("", "floor-", "safe-", "owned-") for w in MESSAGES),
+    *RESP_MESSAGES,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         if case == "raw":
             continue
         kind, _, workload = case.rpartition("-")
-        handler = netpoll_handler(netpoll, workload)
-        msg = MESSAGES[workload]
+        handler = netpoll_handler(netpoll, RESP_WORKLOADS.get(workload, workload))
+        msg = RESP_MESSAGES.get(workload) or MESSAGES[workload]
         floor = floors.get(kind)
         if floor is None:
             cost = netpoll_cost(handler, msg, args.requests)
