@@ -27,7 +27,6 @@ from ._conn._state import (
     CLOSE_SHUTDOWN,
     CLOSE_USER,
     CloseCallback,
-    Hooks,
     OnRequest,
     check_read_limit,
     lock_acquire,
@@ -39,7 +38,7 @@ from ._conn._write import MAX_PENDING_PARTS, Writing
 from ._errors import ConnectionClosedError, PeerClosedError, closed_error
 from ._linkbuffer import _check_size, _delim_byte, trim_line
 from ._nocopy import Reader, Writer, until_filling, writer_buffer
-from ._poll._operator import FDOperator, PollEvent
+from ._poll._operator import PollEvent
 from ._poll._poller import Poller
 from ._timeouts import keepalive_seconds, timeout_value
 
@@ -63,30 +62,6 @@ class Connection(Writing):
     """
 
     __slots__ = ()
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        poller: Poller,
-        *,
-        on_request: OnRequest | None = None,
-        read_timeout: float | None = None,
-        write_timeout: float | None = None,
-        read_buffer_limit: int | None = None,
-        hooks: Hooks | None = None,
-        remote_addr: Any = None,
-    ) -> None:
-        super().__init__(
-            sock,
-            poller,
-            on_request=on_request,
-            read_timeout=read_timeout,
-            write_timeout=write_timeout,
-            read_buffer_limit=read_buffer_limit,
-            hooks=hooks,
-            remote_addr=remote_addr,
-        )
-        self._op = FDOperator(self._fd, self._on_event, poller, self)
 
     def __repr__(self) -> str:
         state = "open" if self.is_active() else "closed"

@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .. import _config
 from .._config import log as _log
 from .._linkbuffer import LinkBuffer, _check_size, _size_class
-from .._poll._operator import PollEvent
+from .._poll._operator import FDOperator, PollEvent
 from .._timeouts import timeout_value
 
 if TYPE_CHECKING:
@@ -222,8 +222,6 @@ class ConnectionBase:
         "_wwaiting",
     )
 
-    _op: FDOperator  # made by Connection.__init__: its handler and owner are upper layers
-
     def __init__(
         self,
         sock: socket.socket,
@@ -301,6 +299,10 @@ class ConnectionBase:
             except OSError:
                 remote_addr = None
         self._remote_addr: Any = remote_addr
+        # The fd's handler and owner are upper layers (receiving, the slow-handler hooks):
+        # the object is a Connection by now, whatever class this code is in.
+        me = self._me()
+        self._op = FDOperator(self._fd, me._on_event, poller, me)
 
     def _me(self) -> Any:
         """This object as the ``Connection`` it is (the only concrete layer of the stack),
