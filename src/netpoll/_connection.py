@@ -230,13 +230,17 @@ class Connection(Writing):
         ``interval`` (default: ``idle``) is the time between probes. Both are checked
         before anything is set, so a call that raises changes nothing.
         """
-        if interval is not None:
-            timeout_value(interval, "interval")  # checks the type first, even beside idle=None
+        # Held as objects: compiled, a value narrowed to float would turn a bool into
+        # 1.0 before keepalive_seconds could refuse it.
+        idle_arg: object = idle
+        interval_arg: object = interval
+        if interval_arg is not None:
+            timeout_value(interval_arg, "interval")  # checked even beside idle=None
         idle_s = every = 0
-        if idle is not None:
-            idle_s = every = keepalive_seconds(idle, "idle")
-            if interval:
-                every = keepalive_seconds(interval, "interval")
+        if idle_arg is not None:
+            idle_s = every = keepalive_seconds(idle_arg, "idle")
+            if interval_arg:
+                every = keepalive_seconds(interval_arg, "interval")
         sock = self._sock
         if self._closed:
             raise ConnectionClosedError("connection is closed")
