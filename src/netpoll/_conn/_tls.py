@@ -649,11 +649,11 @@ class TLSConnection(Connection):
                 try:
                     n = sock_recv_into(self._sock, buf, CT_RECV)
                 except (BlockingIOError, InterruptedError):
-                    continue
-                if n:
+                    n = -1  # not `continue` in the try: mypyc does not compile that
+                if n > 0:
                     self._bytes_in += n
                     self._inbio.write(buf[:n])
-                else:
+                elif n == 0:
                     self._inbio.write_eof()  # the handshake then fails: EOF in violation
         with self._lock:
             self._hs = HS_DONE
