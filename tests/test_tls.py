@@ -298,6 +298,48 @@ def test_32_mib_python_ssl_client(
         assert got.hexdigest() == want.hexdigest()
 
 
+@pytest.mark.timeout(60)
+def test_the_read_limit_bounds_what_a_tls_connection_holds(
+    serve: ServeFactory, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    limit = 64 << 10
+    conns: list[netpoll.Connection] = []
+
+    def hoard(ctx: Any, conn: netpoll.Connection) -> None:
+        if not conns:
+            conns.append(conn)  # consumes nothing: the input piles up to the limit
+
+    srv = serve(hoard, listener=tls_listener(server_ctx), read_buffer_limit=limit)
+    s = ssl_client(client_ctx, srv.addr)
+    sent = threading.Event()
+
+    def writer() -> None:
+        try:
+            s.sendall(os.urandom(32 << 20))  # far more than the kernel's buffers hold
+            sent.set()
+        except OSError:
+            pass
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        assert wait_until(lambda: bool(conns) and len(conns[0]) >= limit, IO_TIMEOUT)
+        # Paused at the limit: plaintext plus ciphertext stay within it and one receive
+        # (at most 64 KiB of ciphertext, decrypted at once).
+        held = len(conns[0])
+        assert held <= limit + (64 << 10), held
+        assert srv.loop.stats().bytes_received < 16 << 20
+        assert not sent.is_set()  # TCP pushes back on the sender
+        assert len(conns[0]) == held
+    finally:
+        try:
+            s.shutdown(socket.SHUT_RDWR)  # wakes the writer blocked in sendall
+        except OSError:
+            pass
+        t.join(IO_TIMEOUT)
+        s.close()
+
+
 # --------------------------------------------------------------------------- hostile peers
 
 
