@@ -222,7 +222,9 @@ class TLSConnection(Connection):
         Returns (plaintext bytes added, the stream ended, nothing was there to receive).
         At most what the read limit leaves room for is received, but at least one record.
         """
-        room = max(self._read_limit, need) - self._in._rlen
+        # Plaintext, ciphertext waiting in the BIO (part of a record) and what comes now
+        # stay within the limit, or the limit and one record (to complete the next one).
+        room = max(self._read_limit, need) - self._in._rlen - self._inbio.pending
         size = CT_RECV if room >= CT_RECV else max(room, TLS_RECORD)
         buf = _scratch()
         try:
