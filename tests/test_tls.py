@@ -574,6 +574,23 @@ def test_a_dialed_connection_close_sends_close_notify(
 
 
 @pytest.mark.timeout(30)
+def test_close_write_sends_close_notify_and_still_reads(
+    serve: ServeFactory, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    srv = serve(echo_handler, listener=tls_listener(server_ctx))
+    with netpoll.dial_connection(
+        "tcp", srv.addr, timeout=5, ssl=client_ctx, server_hostname=HOST
+    ) as conn:
+        conn.set_read_timeout(IO_TIMEOUT)
+        conn.write_binary(b"half")
+        conn.close_write()  # flush, close_notify, then the TCP half-close
+        with pytest.raises(netpoll.ConnectionClosedError):
+            conn.write(b"more")
+        assert conn.next(4).tobytes() == b"half"  # the echo still comes
+        assert conn.read() == b""  # then the server's end
+
+
+@pytest.mark.timeout(30)
 def test_ssl_object_gives_peer_certificate_cipher_and_alpn(
     serve: ServeFactory, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, ca: Any
 ) -> None:
