@@ -32,9 +32,13 @@ The TLS state, beside ``ConnectionBase``'s (see ``_state.py``), all under ``_loc
 
 The end of the stream: a TCP end, the peer's ``close_notify`` or a TLS error after the
 handshake all end the input (``_eof``) as a plain end of stream does; plaintext decrypted
-before it is still delivered. The read limit bounds plaintext plus ciphertext: the
-poller receives at most what the limit leaves room for (at least one record), and
-decrypts everything it received at once.
+before it is still delivered. A reader that meets the end while receiving for itself
+(``_read_through_locked``) acts on it at once, as the poller would (``_eof_locked``): a
+``close_notify`` leaves the fd quiet, so the poller might never look again; the notices
+(``on_disconnect``) follow on the poller, outside the lock.
+
+The read limit bounds plaintext plus ciphertext: the poller receives at most what the
+limit leaves room for (at least one record), and decrypts everything it received at once.
 
 Lock order as in ``_state.py``: ``_lock`` first, then the poller's (timers, control).
 """
