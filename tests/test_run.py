@@ -1200,7 +1200,7 @@ def test_argument_errors_raise_before_forking(monkeypatch: pytest.MonkeyPatch) -
         netpoll.run(factory, "tcp", "127.0.0.1:0", workers=0)
     with pytest.raises(TypeError, match=r"workers must be (an )?int"):
         netpoll.run(factory, "tcp", "127.0.0.1:0", workers=True)
-    with pytest.raises(NotImplementedError, match="ssl"):
+    with pytest.raises(TypeError, match="ssl must be an ssl"):
         netpoll.run(factory, "tcp", "127.0.0.1:0", workers=2, ssl=object())
-    with pytest.raises(NotImplementedError, match="ssl"):
+    with pytest.raises(TypeError, match="ssl must be an ssl"):
         netpoll.run(factory, "tcp", "127.0.0.1:0", ssl=object())

@@ -15,6 +15,7 @@ writes into the output buffer, and on ``flush`` sends the buffer's views with on
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -720,6 +721,15 @@ class Connection(Writing):
     def shutdown_close(self) -> None:
         """The server shuts down and this connection's time is up: close it."""
         self._close(CLOSE_SHUTDOWN)
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The ``ssl.SSLObject`` of a TLS connection (peer certificate, cipher, ALPN);
+        ``None`` on a plain one."""
+        return self._ssl_object()
+
+    def _ssl_object(self) -> ssl.SSLObject | None:
+        return None  # overridden by TLSConnection
 
     @property
     def context(self) -> Any:

@@ -6,11 +6,13 @@ import errno
 import os
 import select
 import socket
+import ssl as _ssl
 import time
 from typing import Any
 
-from ._addr import resolve_all
+from ._addr import _split_host_port, resolve_all
 from ._conn._state import check_read_limit
+from ._conn._tls import TLSConnection
 from ._connection import Connection
 from ._errors import DialTimeoutError
 from ._poll._manager import manager
@@ -94,27 +96,77 @@ class Dialer:
         timeout: float | None = None,
         *,
         read_buffer_limit: int | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Connection:
-        """Connect to ``address``; refused raises the OS error, too slow DialTimeoutError."""
+        """Connect to ``address``; refused raises the OS error, too slow DialTimeoutError.
+
+        With ``ssl`` (an ``ssl.SSLContext``, client side) the connection speaks TLS and
+        is returned with its handshake done, within ``timeout`` altogether; a failed
+        handshake raises its ``ssl.SSLError``. ``server_hostname`` (for SNI and the
+        certificate check) defaults to the host dialed.
+        """
         seconds = timeout_value(timeout, "timeout") or None  # 0 and infinity: no limit
         limit = read_buffer_limit if read_buffer_limit is not None else self._read_buffer_limit
         if limit is not None:
             check_read_limit(limit)  # before connecting: a bad argument opens nothing
+        if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext or None, not {type(ssl).__name__}")
+        if server_hostname is not None:
+            if ssl is None:
+                raise ValueError("server_hostname is only meaningful with ssl")
+            if not isinstance(server_hostname, str):
+                raise TypeError(
+                    f"server_hostname must be a str or None, not {type(server_hostname).__name__}"
+                )
         targets = resolve_all(network, address, passive=False)
+        start = time.monotonic()
         sock, sockaddr = _connect_any(targets, seconds)
+        if ssl is None:
+            try:
+                conn = Connection(
+                    sock, manager().pick(sockaddr), read_buffer_limit=limit, remote_addr=sockaddr
+                )
+            except BaseException:
+                sock.close()
+                raise
+            conn.attach()
+            return conn
+        if server_hostname is None:
+            server_hostname = _host_dialed(network, address)
         try:
-            conn = Connection(
-                sock, manager().pick(sockaddr), read_buffer_limit=limit, remote_addr=sockaddr
+            tls = TLSConnection(
+                sock,
+                manager().pick(sockaddr),
+                ssl,
+                server_side=False,
+                server_hostname=server_hostname,
+                read_buffer_limit=limit,
+                remote_addr=sockaddr,
             )
         except BaseException:
             sock.close()
             raise
-        conn.attach()
-        return conn
+        try:
+            left = None if seconds is None else max(seconds - (time.monotonic() - start), 0.0)
+            tls.handshake_blocking(left, DialTimeoutError)
+        except BaseException:
+            tls.close()
+            raise
+        tls.start_after_handshake()
+        return tls
 
     def dial_timeout(self, network: str, address: Any, timeout: float) -> Connection:
         """``dial_connection`` with a required timeout."""
         return self.dial_connection(network, address, timeout)
+
+
+def _host_dialed(network: str, address: Any) -> str | None:
+    """The host part of a dialed address: the default TLS server name."""
+    if network == "unix":
+        return None
+    host = str(address[0]) if isinstance(address, tuple) else _split_host_port(address)[0]
+    return host or "localhost"
 
 
 _default = Dialer()
@@ -126,9 +178,18 @@ def dial_connection(
     timeout: float | None = None,
     *,
     read_buffer_limit: int | None = None,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> Connection:
     """Connect with the default Dialer."""
-    return _default.dial_connection(network, address, timeout, read_buffer_limit=read_buffer_limit)
+    return _default.dial_connection(
+        network,
+        address,
+        timeout,
+        read_buffer_limit=read_buffer_limit,
+        ssl=ssl,
+        server_hostname=server_hostname,
+    )
 
 
 def dial_tcp(network: str, address: Any, timeout: float | None = None) -> Connection:

@@ -4,24 +4,50 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl as _ssl
 import stat
 from typing import Any
 
 from ._addr import resolve
+from ._conn._tls import DEFAULT_HANDSHAKE_TIMEOUT, TLSConnection
 from ._poll._manager import manager
 from ._poll._poller import before_block
+from ._timeouts import timeout_value
 
 __all__ = ["Listener", "create_listener"]
 
 
 class Listener:
-    """A listening socket; ``EventLoop.serve`` takes it, ``accept()`` gives Connections."""
+    """A listening socket; ``EventLoop.serve`` takes it, ``accept()`` gives Connections.
 
-    __slots__ = ("_network", "_sock")
+    Made with an ``ssl.SSLContext`` (``create_listener(..., ssl=ctx)``), the connections
+    it yields speak TLS.
+    """
 
-    def __init__(self, sock: socket.socket, network: str = "tcp") -> None:
+    __slots__ = ("_network", "_sock", "_ssl", "_ssl_timeout")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        network: str = "tcp",
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
         self._sock = sock
         self._network = network
+        self._ssl = ssl
+        self._ssl_timeout = ssl_handshake_timeout
+
+    @property
+    def ssl_context(self) -> _ssl.SSLContext | None:
+        """The TLS context of the connections it yields (None: plain ones)."""
+        return self._ssl
+
+    @property
+    def ssl_handshake_timeout(self) -> float:
+        """Seconds a TLS handshake may take before the connection is closed."""
+        return self._ssl_timeout
 
     @property
     def addr(self) -> Any:
@@ -50,9 +76,24 @@ class Listener:
             sock, addr = self._sock.accept()
         finally:
             self._sock.setblocking(False)
-        conn = Connection(sock, manager().pick(addr), remote_addr=addr)
-        conn.attach()
-        return conn
+        if self._ssl is None:
+            conn = Connection(sock, manager().pick(addr), remote_addr=addr)
+            conn.attach()
+            return conn
+        try:
+            tls = TLSConnection(
+                sock, manager().pick(addr), self._ssl, server_side=True, remote_addr=addr
+            )
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            tls.handshake_blocking(self._ssl_timeout or None)
+        except BaseException:
+            tls.close()
+            raise
+        tls.start_after_handshake()
+        return tls
 
     def close(self) -> None:
         """Stop listening (idempotent); a unix socket's file is removed."""
@@ -78,12 +119,31 @@ class Listener:
 
 
 def create_listener(
-    network: str, address: Any, *, backlog: int | None = None, reuse_port: bool = False
+    network: str,
+    address: Any,
+    *,
+    backlog: int | None = None,
+    reuse_port: bool = False,
+    ssl: _ssl.SSLContext | None = None,
+    ssl_handshake_timeout: float | None = None,
 ) -> Listener:
     """Listen on ``address`` (``"host:port"``, ``":port"``, a tuple, or a unix path).
 
     ``reuse_port=True`` sets ``SO_REUSEPORT`` so several processes can share the port.
+    ``ssl``: an ``ssl.SSLContext`` (server side); the connections are then TLS, their
+    handshake done by the library before ``on_connect``, within ``ssl_handshake_timeout``
+    seconds (default 60).
     """
+    if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+        raise TypeError(f"ssl must be an ssl.SSLContext or None, not {type(ssl).__name__}")
+    if ssl_handshake_timeout is not None:
+        if ssl is None:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        handshake_timeout = timeout_value(ssl_handshake_timeout, "ssl_handshake_timeout")
+        if not handshake_timeout and ssl_handshake_timeout == 0:
+            raise ValueError("ssl_handshake_timeout must be > 0 (None: the default, 60 s)")
+    else:
+        handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT
     if backlog is not None:
         if type(backlog) is not int:
             raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
@@ -105,4 +165,4 @@ def create_listener(
     except BaseException:
         sock.close()
         raise
-    return Listener(sock, network)
+    return Listener(sock, network, ssl=ssl, ssl_handshake_timeout=handshake_timeout)

@@ -172,13 +172,12 @@ def run(
     socket, supervised: a worker that dies is restarted with backoff, SIGHUP replaces
     them one by one, SIGUSR1 logs the sum of their stats. Returns None after a graceful
     stop; raises RuntimeError if workers had to be killed or kept failing at start.
+    ``ssl``: an ``ssl.SSLContext`` to serve TLS (see ``create_listener``).
     """
     timeout = _check_args(app, workers, shutdown_timeout)
-    if ssl is not None:
-        raise NotImplementedError("ssl= is not supported yet: TLS is still to come")
     if workers == 1:
         loop = make_loop(app)
-        listener = create_listener(network, address, backlog=backlog)
+        listener = create_listener(network, address, backlog=backlog, ssl=ssl)
         server = ServeUntilSignalled(loop, timeout)
         try:
             with signal_handlers(
@@ -190,7 +189,7 @@ def run(
         return
     from ._supervisor import Supervisor
 
-    listener = create_listener(network, address, backlog=backlog)
+    listener = create_listener(network, address, backlog=backlog, ssl=ssl)
     try:
         Supervisor(app, listener, workers, timeout).run()
     finally:

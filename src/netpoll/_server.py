@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from ._conn._state import (
     OnRequest,
     check_read_limit,
 )
+from ._conn._tls import DEFAULT_HANDSHAKE_TIMEOUT, TLSConnection
 from ._connection import Connection
 from ._listener import Listener
 from ._poll._manager import manager
@@ -55,6 +57,10 @@ class ServerStats:
     # Threads of the process-wide pool that runs handlers which blocked (running, waiting
     # for input, or idle until they exit): a figure for the process, not this loop.
     slow_pool_threads: int = 0
+    # TLS listeners: handshakes that failed (alerts, plaintext or garbage, the peer
+    # leaving mid-way) and handshakes not done within ``ssl_handshake_timeout``.
+    tls_handshake_failures: int = 0
+    tls_handshake_timeouts: int = 0
 
 
 class _ServerHooks(Hooks):
@@ -83,6 +89,14 @@ class _ServerHooks(Hooks):
 
     def on_idle(self, conn: Connection) -> None:
         conn.shutdown_close()
+
+    def on_tls_handshake_failed(self, conn: Connection, timed_out: bool) -> None:
+        loop = self._loop
+        with loop._lock:
+            if timed_out:
+                loop._tls_timeouts += 1
+            else:
+                loop._tls_failures += 1
 
 
 class EventLoop:
@@ -160,6 +174,11 @@ class EventLoop:
         }
         self._accept_pauses = 0
         self._limit_pauses = 0
+        self._tls_failures = 0
+        self._tls_timeouts = 0
+        # The TLS context of the listener being served (None: plain connections).
+        self._ssl: ssl.SSLContext | None = None
+        self._ssl_timeout = DEFAULT_HANDSHAKE_TIMEOUT
 
     # ------------------------------------------------------------------ serving
 
@@ -174,8 +193,12 @@ class EventLoop:
         ``KeyboardInterrupt`` raised in the waiting caller), the listener stops accepting
         before it returns or raises; connections already open are left to ``shutdown``.
         """
+        ssl_context: ssl.SSLContext | None = None
+        ssl_timeout = DEFAULT_HANDSHAKE_TIMEOUT
         if isinstance(listener, Listener):
             lsock = listener.socket
+            ssl_context = listener.ssl_context
+            ssl_timeout = listener.ssl_handshake_timeout
         elif isinstance(listener, socket.socket):
             lsock = listener
         else:
@@ -191,6 +214,8 @@ class EventLoop:
             self._hooks.draining = False
             self._fatal = None
             self._accept_batch = 1 if shared else _ACCEPT_BATCH
+            self._ssl = ssl_context
+            self._ssl_timeout = ssl_timeout
         try:
             lsock.setblocking(False)
             poller = manager().pick(None)
@@ -321,18 +346,34 @@ class EventLoop:
             self._resume_locked()
 
     def _new_connection(self, sock: socket.socket, addr: Any) -> None:
+        ssl_context = self._ssl
         try:
-            conn = Connection(
-                sock,
-                manager().pick(addr),
-                on_request=self._on_request,
-                read_timeout=self._read_timeout or None,
-                write_timeout=self._write_timeout or None,
-                read_buffer_limit=self._read_buffer_limit,
-                hooks=self._hooks,
-                remote_addr=addr,
-            )
-        except OSError as exc:
+            if ssl_context is None:
+                conn = Connection(
+                    sock,
+                    manager().pick(addr),
+                    on_request=self._on_request,
+                    read_timeout=self._read_timeout or None,
+                    write_timeout=self._write_timeout or None,
+                    read_buffer_limit=self._read_buffer_limit,
+                    hooks=self._hooks,
+                    remote_addr=addr,
+                )
+            else:
+                conn = TLSConnection(
+                    sock,
+                    manager().pick(addr),
+                    ssl_context,
+                    server_side=True,
+                    handshake_timeout=self._ssl_timeout,
+                    on_request=self._on_request,
+                    read_timeout=self._read_timeout or None,
+                    write_timeout=self._write_timeout or None,
+                    read_buffer_limit=self._read_buffer_limit,
+                    hooks=self._hooks,
+                    remote_addr=addr,
+                )
+        except (OSError, ValueError) as exc:
             _log.warning("netpoll: could not set up a connection from %r: %s", addr, exc)
             sock.close()
             return
@@ -428,6 +469,8 @@ class EventLoop:
                 accept_pauses=self._accept_pauses,
                 connection_limit_pauses=self._limit_pauses,
                 slow_pool_threads=SLOW_POOL.threads,
+                tls_handshake_failures=self._tls_failures,
+                tls_handshake_timeouts=self._tls_timeouts,
             )
 
     @property

@@ -372,7 +372,7 @@ class Supervisor:
             signal.signal(signal.SIGUSR1, lambda _s, _f: self.send_stats(loop))
             for target in (self.announce_ready, self.watch_supervisor):
                 threading.Thread(target=target, args=(loop, server), daemon=True).start()
-            server.serve(self.listener.socket, shared=True)
+            server.serve(self.listener, shared=True)  # its TLS context too
         except BaseException as exc:
             code = 3
             _log.error("netpoll: worker %d failed: %r", os.getpid(), exc, exc_info=exc)

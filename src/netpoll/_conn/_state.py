@@ -13,6 +13,9 @@ no mixins), each layer a module::
                                       flushing the buffer, waiting for the kernel
     Connection      (_connection)     the Reader/Writer calls with their fast paths,
                                       settings, addresses, the library's entry points
+    TLSConnection   (_conn/_tls)      TLS over the above: receive-and-decrypt, flush-
+                                      and-encrypt, the handshake (its state is
+                                      documented there, in this style)
 
 A layer calls only down the stack, except that receiving starts the request task
 (``_process``/``_start_task``, declared in ``Receiving``, defined in ``Tasks``).
@@ -166,6 +169,11 @@ class Hooks:
         pass
 
     def on_handler_error(self, conn: Connection, exc: BaseException) -> None:  # pragma: no cover
+        pass
+
+    def on_tls_handshake_failed(  # pragma: no cover - interface
+        self, conn: Connection, timed_out: bool
+    ) -> None:
         pass
 
 
