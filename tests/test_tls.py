@@ -25,7 +25,14 @@ from typing import Any
 import pytest
 
 import netpoll
-from conftest import IO_TIMEOUT, ServeFactory, echo_handler, raise_nofile_limit, wait_until
+from conftest import (
+    IO_TIMEOUT,
+    ServeFactory,
+    echo_handler,
+    raise_nofile_limit,
+    recv_exact,
+    wait_until,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
@@ -85,16 +92,6 @@ def ssl_client(
     except BaseException:
         raw.close()
         raise
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 def client_hello() -> bytes:

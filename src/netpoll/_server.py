@@ -348,30 +348,25 @@ class EventLoop:
     def _new_connection(self, sock: socket.socket, addr: Any) -> None:
         ssl_context = self._ssl
         try:
+            settings: dict[str, Any] = {
+                "on_request": self._on_request,
+                "read_timeout": self._read_timeout or None,
+                "write_timeout": self._write_timeout or None,
+                "read_buffer_limit": self._read_buffer_limit,
+                "hooks": self._hooks,
+                "remote_addr": addr,
+            }
+            poller = manager().pick(addr)
             if ssl_context is None:
-                conn = Connection(
-                    sock,
-                    manager().pick(addr),
-                    on_request=self._on_request,
-                    read_timeout=self._read_timeout or None,
-                    write_timeout=self._write_timeout or None,
-                    read_buffer_limit=self._read_buffer_limit,
-                    hooks=self._hooks,
-                    remote_addr=addr,
-                )
+                conn = Connection(sock, poller, **settings)
             else:
                 conn = TLSConnection(
                     sock,
-                    manager().pick(addr),
+                    poller,
                     ssl_context,
                     server_side=True,
                     handshake_timeout=self._ssl_timeout,
-                    on_request=self._on_request,
-                    read_timeout=self._read_timeout or None,
-                    write_timeout=self._write_timeout or None,
-                    read_buffer_limit=self._read_buffer_limit,
-                    hooks=self._hooks,
-                    remote_addr=addr,
+                    **settings,
                 )
         except (OSError, ValueError) as exc:
             _log.warning("netpoll: could not set up a connection from %r: %s", addr, exc)
