@@ -396,36 +396,12 @@ class TLSConnection(Connection):
         if err is not None:
             self._close(CLOSE_ERROR)
             raise err
-        self._flush_tls()
+        self._flush_buffer(self._wbuf)
 
-    def _flush_tls(self) -> None:
-        """The rest of a flush: wait for writability, send, until nothing is left."""
-        deadline = 0.0
-        waiting = False  # counted in _wwaiting (close() then wakes the wait)
-        try:
-            while True:
-                err: ConnectionClosedError | None = None
-                with self._lock:
-                    if waiting:
-                        self._wwaiting -= 1
-                        waiting = False
-                    if self._closed:
-                        raise ConnectionClosedError("connection is closed")
-                    try:
-                        if self._send_locked(True):
-                            return
-                        self._wwaiting += 1
-                        waiting = True
-                    except OSError as exc:
-                        err = closed_error(exc)
-                if err is not None:
-                    self._close(CLOSE_ERROR)
-                    raise err
-                deadline = self._wait_writable(deadline)
-        finally:
-            if waiting:
-                with self._lock:
-                    self._wwaiting -= 1
+    def _send_buffer_locked(self, out: LinkBuffer) -> bool:
+        """The flush's wait loop (Writing._flush_buffer) sends ciphertext: ``out`` is
+        encrypted as the kernel takes what was encrypted before."""
+        return self._send_locked(True)
 
     def _send_close_notify_locked(self) -> None:
         """Send close_notify, best effort and without waiting. Lock held."""

@@ -94,6 +94,20 @@ class Writing(Reading):
                 parts[0] = first[n:]
                 n = 0
 
+    def _send_buffer_locked(self, out: LinkBuffer) -> bool:
+        """Send what ``out`` holds, lock held: True once all is sent, False when the kernel's
+        buffer is full; raises OSError on a socket error. (TLS sends ciphertext instead.)"""
+        sock = self._sock
+        try:
+            while out._rlen:
+                views = out.send_views()
+                n = sock_send(sock, views[0]) if len(views) == 1 else sock_sendmsg(sock, views)
+                out.consume_sent(n)
+                self._bytes_out += n
+        except (BlockingIOError, InterruptedError):
+            return False
+        return True
+
     def _flush_buffer(self, out: LinkBuffer) -> None:
         """Send what the output buffer holds, waiting while the kernel's buffer is full."""
         deadline = 0.0
@@ -107,19 +121,9 @@ class Writing(Reading):
                         waiting = False
                     if self._closed:
                         raise ConnectionClosedError("connection is closed")
-                    sock = self._sock
                     try:
-                        while out._rlen:
-                            views = out.send_views()
-                            n = (
-                                sock_send(sock, views[0])
-                                if len(views) == 1
-                                else sock_sendmsg(sock, views)
-                            )
-                            out.consume_sent(n)
-                            self._bytes_out += n
-                        return
-                    except (BlockingIOError, InterruptedError):
+                        if self._send_buffer_locked(out):
+                            return
                         self._wwaiting += 1
                         waiting = True
                     except OSError as exc:
