@@ -1147,7 +1147,7 @@ def test_sigusr1_logs_summed_stats(apps: list[AppProcess]) -> None:
         what = f"{line}\n{took:.3f}s after SIGUSR1; stderr:\n{app.stderr()}"
         if "stats of 2 worker(s)" not in line and took >= 0.9 and SIGNAL_LOST_OFF_MAIN:
             # a ready, idle worker that did not answer in the supervisor's STATS_WAIT
-            # (1s): its SIGUSR1 handler never ran
+            # (3 s): its SIGUSR1 handler never ran
             for c in conns:
                 c.close()
             finish(app)

@@ -54,7 +54,7 @@ BACKOFF_MAX: Final = 5.0
 KILL_GRACE: Final = 2.0  # after a second stop signal, seconds before SIGKILL
 STOP_GRACE: Final = 2.0  # beyond shutdown_timeout, for workers to exit after draining
 ORPHAN_TIMEOUT: Final = 1.0  # a worker whose supervisor died drains this long at most
-STATS_WAIT: Final = 1.0
+STATS_WAIT: Final = 3.0  # SIGUSR1 waits this long for ready workers (a loaded one is slow)
 _WATCHED: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 
 
