@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 
-__all__ = ["BACKLOG", "HOST", "accept_ready", "announce", "listen_nonblocking"]
+__all__ = [
+    "BACKLOG",
+    "HOST",
+    "accept_ready",
+    "announce",
+    "listen_nonblocking",
+    "server_ssl_context",
+]
 
 HOST = "127.0.0.1"  # every benchmark server listens on loopback only
 BACKLOG = 4096
@@ -50,3 +58,10 @@ def accept_ready(listener: socket.socket, on_accept: Callable[[socket.socket], N
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         on_accept(conn)
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """The one server context every TLS contender uses: Python's defaults, one certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx

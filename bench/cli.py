@@ -162,6 +162,12 @@ def check_setup(settings: Settings, idle_conns: int) -> int:
     ok = True
     loadgen = tools.build_loadgen()
     lines = [f"loadgen:          {shown(loadgen) if loadgen else tools.loadgen_error}"]
+    if loadgen is not None:
+        lines.append(f"{'loadgen TLS:':<18}{tools.loadgen_tls_error or 'ok'}")
+    tls_files = tools.ensure_tls_files()
+    lines.append(
+        f"{'TLS certificate:':<18}{shown(tls_files[0]) if tls_files else tools.tls_files_error}"
+    )
     for name, path in (
         ("wrk", tools.wrk),
         ("redis-benchmark", tools.redis_benchmark),

@@ -8,6 +8,12 @@
  *   idle    opens CONNS connections, prints one JSON line, holds them until stdin closes
  *           or HOLD seconds pass, then resets them (no TIME_WAIT left behind).
  *
+ * With --tls, every connection speaks TLS (OpenSSL, the library's default protocol and
+ * cipher choice, no certificate check: the benchmark's servers use a throwaway
+ * certificate). The handshake is done, blocking, before the run starts; in idle mode each
+ * held connection has finished its handshake. TLS needs a build with -DLOADGEN_TLS and
+ * -lssl -lcrypto; `loadgen --features` prints "tls" when this build has it.
+ *
  * One thread, level-triggered epoll, non-blocking sockets. A run is a warm-up of WARMUP
  * seconds (not measured) followed by DURATION measured seconds; both are bounded, and so
  * is the number of requests (MAX_REQUESTS). Latencies go into a log-linear histogram
@@ -15,6 +21,7 @@
  * "ok": false and exit status 1.
  *
  * Build: gcc -O2 -o loadgen loadgen.c
+ *        gcc -O2 -DLOADGEN_TLS -o loadgen loadgen.c -lssl -lcrypto   (with --tls)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -34,6 +41,10 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 enum mode { MODE_ECHO, MODE_FRAMES, MODE_IDLE };
 
@@ -44,6 +55,7 @@ struct conn {
     size_t received;  /* bytes of the current reply received */
     uint64_t started; /* ns, when the current request was started */
     unsigned char *reply;
+    void *ssl;        /* SSL *, with --tls */
 };
 
 /* Histogram: values below 128 ns exact, then 64 buckets per power of two. */
@@ -125,7 +137,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --mode echo|frames|idle --port P [--host 127.0.0.1]\n"
             "               [--conns N] [--size BYTES] [--warmup S] [--duration S]\n"
-            "               [--max-requests N] [--hold S] [--connect-timeout S]\n");
+            "               [--max-requests N] [--hold S] [--connect-timeout S] [--tls 1]\n"
+            "       loadgen --features\n");
     exit(2);
 }
 
@@ -143,6 +156,7 @@ static int open_conn(const struct sockaddr_in *addr, double timeout_s, int nonbl
     if (fd < 0) fail("socket: %s", strerror(errno));
     struct timeval tv = {(time_t)timeout_s, (suseconds_t)((timeout_s - (double)(time_t)timeout_s) * 1e6)};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv); /* bounds a TLS handshake */
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) != 0) {
@@ -161,9 +175,105 @@ static void reset_close(int fd) {
     close(fd);
 }
 
+/* --- TLS ------------------------------------------------------------------------------ */
+
+static int use_tls;
+
+#ifdef LOADGEN_TLS
+static SSL_CTX *tls_ctx;
+
+static const char *tls_error_text(void) {
+    static char buf[256];
+    unsigned long e = ERR_get_error();
+    if (e == 0) return errno ? strerror(errno) : "connection closed";
+    ERR_error_string_n(e, buf, sizeof buf);
+    return buf;
+}
+
+static void tls_init(void) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx) fail("SSL_CTX_new: %s", tls_error_text());
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    /* A write may return after part of the buffer, and be retried from a later offset. */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+}
+
+/* The handshake on a blocking socket (bounded by its send/receive timeouts). */
+static void *tls_connect(int fd, int index) {
+    SSL *ssl = SSL_new(tls_ctx);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1) fail("SSL_new: %s", tls_error_text());
+    if (SSL_connect(ssl) != 1) fail("TLS handshake of connection %d: %s", index + 1, tls_error_text());
+    return ssl;
+}
+
+static void tls_free(void *ssl) {
+    if (ssl) SSL_free((SSL *)ssl);
+}
+#else
+static void tls_init(void) { fail("this loadgen was built without TLS (needs libssl-dev)"); }
+static void *tls_connect(int fd, int index) {
+    (void)fd;
+    (void)index;
+    return NULL;
+}
+static void tls_free(void *ssl) { (void)ssl; }
+#endif
+
+/* Bytes sent (> 0), 0 when the socket would block (then *want_write says whether to wait
+ * for EPOLLOUT), or -1 on error (errno set, or a TLS error already reported). */
+static ssize_t conn_send(struct conn *c, const unsigned char *buf, size_t len, int *want_write) {
+    *want_write = 0;
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        int n = SSL_write((SSL *)c->ssl, buf, len > 1u << 30 ? 1 << 30 : (int)len);
+        if (n > 0) return n;
+        int err = SSL_get_error((SSL *)c->ssl, n);
+        if (err == SSL_ERROR_WANT_WRITE) {
+            *want_write = 1;
+            return 0;
+        }
+        if (err == SSL_ERROR_WANT_READ) return 0;
+        fail("TLS send: %s", tls_error_text());
+    }
+#endif
+    for (;;) {
+        ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
+        if (n >= 0) return n;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            *want_write = 1;
+            return 0;
+        }
+        return -1;
+    }
+}
+
+/* Bytes received (> 0), 0 when nothing more is ready now, or fails on a close or error. */
+static ssize_t conn_recv(struct conn *c, unsigned char *buf, size_t len) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        int n = SSL_read((SSL *)c->ssl, buf, len > 1u << 30 ? 1 << 30 : (int)len);
+        if (n > 0) return n;
+        int err = SSL_get_error((SSL *)c->ssl, n);
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return 0;
+        if (err == SSL_ERROR_ZERO_RETURN) fail("the server closed a connection (close_notify)");
+        fail("TLS receive: %s", tls_error_text());
+    }
+#endif
+    for (;;) {
+        ssize_t r = recv(c->fd, buf, len, 0);
+        if (r > 0) return r;
+        if (r == 0) fail("the server closed a connection");
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        fail("recv: %s", strerror(errno));
+    }
+}
+
 static int run_idle(const struct sockaddr_in *addr, int nconns, double hold_s, double timeout_s) {
     int *fds = calloc((size_t)nconns, sizeof *fds);
-    if (!fds) fail("out of memory");
+    void **ssls = calloc((size_t)nconns, sizeof *ssls);
+    if (!fds || !ssls) fail("out of memory");
     uint64_t t0 = now_ns();
     int opened = 0;
     for (; opened < nconns; opened++) {
@@ -173,6 +283,7 @@ static int run_idle(const struct sockaddr_in *addr, int nconns, double hold_s, d
             for (int i = 0; i < opened; i++) reset_close(fds[i]);
             fail("connection %d of %d: %s", opened + 1, nconns, strerror(err));
         }
+        if (use_tls) ssls[opened] = tls_connect(fds[opened], opened);
     }
     double connect_s = (double)(now_ns() - t0) / 1e9;
     printf("{\"ok\": true, \"mode\": \"idle\", \"conns\": %d, \"connect_s\": %.3f}\n", opened,
@@ -189,8 +300,12 @@ static int run_idle(const struct sockaddr_in *addr, int nconns, double hold_s, d
         if (r > 0) break;
         if (r < 0 && errno != EINTR) break;
     }
-    for (int i = 0; i < opened; i++) reset_close(fds[i]);
+    for (int i = 0; i < opened; i++) {
+        tls_free(ssls[i]);
+        reset_close(fds[i]);
+    }
     free(fds);
+    free(ssls);
     return 0;
 }
 
@@ -212,14 +327,12 @@ static void set_events(struct conn *c, int want_write) {
 /* Send what is left of the current request; 0 when done or blocked, -1 on error. */
 static int pump_send(struct conn *c) {
     while (c->sent < request_len) {
-        ssize_t n = send(c->fd, request + c->sent, request_len - c->sent, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                set_events(c, 1);
-                return 0;
-            }
-            return -1;
+        int want_write;
+        ssize_t n = conn_send(c, request + c->sent, request_len - c->sent, &want_write);
+        if (n < 0) return -1;
+        if (n == 0) {
+            set_events(c, want_write);
+            return 0;
         }
         c->sent += (size_t)n;
     }
@@ -242,6 +355,14 @@ int main(int argc, char **argv) {
     double warmup = 1.0, duration = 5.0, hold = 60.0, connect_timeout = 5.0;
     uint64_t max_requests = 100000000ull;
 
+    if (argc == 2 && !strcmp(argv[1], "--features")) {
+#ifdef LOADGEN_TLS
+        puts("tls");
+#else
+        puts("");
+#endif
+        return 0;
+    }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (i + 1 >= argc) usage();
@@ -261,6 +382,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--hold")) hold = atof(v);
         else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
         else if (!strcmp(a, "--max-requests")) max_requests = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--tls")) use_tls = atoi(v) != 0;
         else usage();
     }
     if (port <= 0 || port > 65535 || nconns <= 0 || size < 1 || size > (64l << 20) ||
@@ -269,6 +391,7 @@ int main(int argc, char **argv) {
         usage();
 
     raise_nofile();
+    if (use_tls) tls_init();
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) fail("bad host %s", host);
 
@@ -293,8 +416,12 @@ int main(int argc, char **argv) {
     if (!conns) fail("out of memory");
     for (int i = 0; i < nconns; i++) {
         struct conn *c = &conns[i];
-        c->fd = open_conn(&addr, connect_timeout, 1);
+        c->fd = open_conn(&addr, connect_timeout, !use_tls);
         if (c->fd < 0) fail("connect to %s:%d: %s", host, port, strerror(errno));
+        if (use_tls) {
+            c->ssl = tls_connect(c->fd, i);
+            fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+        }
         c->reply = malloc(request_len);
         if (!c->reply) fail("out of memory");
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
@@ -329,14 +456,10 @@ int main(int argc, char **argv) {
             if ((events[k].events & EPOLLOUT) && pump_send(c) < 0)
                 fail("send: %s", strerror(errno));
             if (!(events[k].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) continue;
+            if (c->sent < request_len && pump_send(c) < 0) fail("send: %s", strerror(errno));
             for (;;) {
-                ssize_t r = recv(c->fd, c->reply + c->received, request_len - c->received, 0);
-                if (r < 0) {
-                    if (errno == EINTR) continue;
-                    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-                    fail("recv: %s", strerror(errno));
-                }
-                if (r == 0) fail("the server closed a connection");
+                ssize_t r = conn_recv(c, c->reply + c->received, request_len - c->received);
+                if (r == 0) break;
                 c->received += (size_t)r;
                 if (c->received < request_len) continue;
                 if (c->sent < request_len) fail("reply before the whole request was sent");
@@ -367,6 +490,9 @@ int main(int argc, char **argv) {
            percentile_us(50), percentile_us(90), percentile_us(99), percentile_us(99.9),
            (double)hist_max / 1000.0, cpu, cpu / elapsed);
     fflush(stdout);
-    for (int i = 0; i < nconns; i++) close(conns[i].fd);
+    for (int i = 0; i < nconns; i++) {
+        tls_free(conns[i].ssl);
+        close(conns[i].fd);
+    }
     return 0;
 }

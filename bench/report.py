@@ -157,6 +157,7 @@ def build_results(
                     "pipeline": w.pipeline,
                     "baseline": w.baseline,
                     "target": w.target,
+                    "tls": w.tls,
                     "contenders": entries,
                 }
             )
@@ -565,6 +566,9 @@ def format_docs(results: dict[str, Any], chart_name: str | None) -> str:
     own = own_baseline_note(results)
     if own:
         lines += [own[0], "", *own[1:], ""]
+    tls_note = tls_cpu_note(results)
+    if tls_note:
+        lines += [*tls_note, ""]
     note = saturation_note(results)
     if note:
         lines += [note, ""]
@@ -595,6 +599,13 @@ def format_docs(results: dict[str, Any], chart_name: str | None) -> str:
         "- RESP: `redis-benchmark -c 50 -t ping,set,get` with and without `-P 16`; a "
         "warm-up of PINGs sizes `-n` so that each test takes about "
         f"{s['redis_test_seconds']:g} s.",
+        "- TLS: the echo and HTTP logic behind each contender's TLS layer, all with one "
+        "`ssl.create_default_context(Purpose.CLIENT_AUTH)` and one self-signed P-256 "
+        "certificate (`bench/build/tls/`); netpoll's TLS listener (both builds) against "
+        "asyncio's and uvloop's `Protocol` servers (`create_server(ssl=...)`). HTTPS is "
+        "`wrk -t1 -c50` against `https://`; TLS echo is `bench/loadgen.c --tls 1` (OpenSSL, "
+        "TLS 1.3, handshakes done before the measured phase); idle TLS memory is the "
+        "server's RSS growth per connection whose handshake is complete.",
         "- RESP, blocking-style parser: `redis-benchmark -c 50 -t set,get` (warm-up of SETs "
         "and GETs) against servers that read each command field by field, as a newcomer "
         "writes them: netpoll with `read_line` / `read_binary` / `skip` "
@@ -633,12 +644,19 @@ def write_docs(results: dict[str, Any], docs_dir: Path, chart: Path | None) -> P
     name = None
     if chart is not None and chart.exists():
         name = os.path.relpath(chart, docs_dir)
-    path.write_text(format_docs(results, name))
+    text = format_docs(results, name)
+    from bench.workers import load_section  # the netpoll.run section, from its own run
+
+    section = load_section()
+    if section is not None:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
     return path
 
 
-def geomean_ratios(results: dict[str, Any]) -> dict[str, tuple[float, int]]:
-    """Per contender: geometric mean of its throughput ratios to the baseline, and count."""
+def geomean_ratios(results: dict[str, Any], tls: bool = False) -> dict[str, tuple[float, int]]:
+    """Per contender: geometric mean of its throughput ratios to the baseline, and count,
+    over the plaintext workloads (``tls``: over the TLS ones instead)."""
     import math
 
     baseline = baseline_of(results)
@@ -650,6 +668,8 @@ def geomean_ratios(results: dict[str, Any]) -> dict[str, tuple[float, int]]:
         for case in results["cases"]:
             if case["tool"] == "idle" or case_baseline(case, baseline) != baseline:
                 continue  # memory, or a case measured against its own baseline
+            if bool(case.get("tls")) != tls:
+                continue
             r = ratio(case, contender, baseline)
             if r:
                 logs.append(math.log(r))
@@ -682,15 +702,45 @@ def saturation_note(results: dict[str, Any]) -> str:
 
 def format_headline(results: dict[str, Any]) -> str:
     baseline = baseline_of(results)
-    means = geomean_ratios(results)
-    if not means or baseline is None:
+    if baseline is None:
         return ""
-    parts = [f"{c} {m:.2f}x" for c, (m, _n) in means.items() if c != baseline]
-    count = max(n for _m, n in means.values())
-    return (
-        f"Throughput relative to {baseline}, geometric mean over {count} "
-        f"workload{'s' if count != 1 else ''}: " + ", ".join(parts) + "."
-    )
+    out = []
+    for tls in (False, True):
+        means = geomean_ratios(results, tls)
+        if not means:
+            continue
+        parts = [f"{c} {m:.2f}x" for c, (m, _n) in means.items() if c != baseline]
+        count = max(n for _m, n in means.values())
+        out.append(
+            f"Throughput relative to {baseline}, geometric mean over {count} "
+            f"{'TLS ' if tls else ''}workload{'s' if count != 1 else ''}: " + ", ".join(parts) + "."
+        )
+    return "\n\n".join(out)
+
+
+def tls_cpu_note(results: dict[str, Any]) -> list[str]:
+    """Server CPU per request on the TLS rows: where the load tool limits the rate (wrk's
+    own TLS on one core), this, not the rate, compares the servers."""
+    rows = []
+    for case in results["cases"]:
+        if not case.get("tls") or case["tool"] == "idle":
+            continue
+        parts = []
+        for e in case["contenders"]:
+            rps, cpu = e["summary"].get("rps"), e["summary"].get("server_cpu")
+            if rps and cpu:
+                parts.append(f"{e['contender']} {cpu / rps * 1e6:.1f} µs")
+        if parts:
+            rows.append(f"- {case['title']}: " + ", ".join(parts))
+    if not rows:
+        return []
+    return [
+        "Server CPU per request on the TLS rows (the server's share of its core divided by "
+        "its rate): where a server does not fill its core, the load tool's own TLS is the "
+        "limit, and this figure, not the rate, compares the servers.",
+        "",
+        *rows,
+    ]
 
 
 def print_summary(results: dict[str, Any], stream: Any = None) -> None:

@@ -14,6 +14,9 @@ The reference floors of ``bench/reference/floors.py`` (the same handlers on a co
 that only moves offsets; one that also locks, revokes released views and runs one handler
 at a time as netpoll does; one with those guarantees done more cheaply) are measured the
 same way: cases ``floor-echo``, ``safe-echo``, ``owned-echo`` and so on (``--cases``).
+Case ``tlsecho`` is the echo over TLS: a ``TLSConnection`` against a Python ``ssl``
+client on the socketpair (the client's own TLS work is counted too, the same in any
+comparison of two netpoll versions).
 
 For instruction counts, run one case under callgrind with two request counts and
 subtract: ``valgrind --tool=callgrind python -m bench.request_cost --cases echo
@@ -65,6 +68,36 @@ def netpoll_cost(handler: Callable[[Any, Any], None], msg: bytes, n: int) -> flo
     """CPU seconds per request through a netpoll connection."""
     client, server = socket.socketpair()
     conn = Connection(server, Poller(0), on_request=handler)
+    try:
+        return _per_request(client, conn._on_event, READ_EVENTS, msg, n)
+    finally:
+        conn.close()
+        client.close()
+
+
+def tls_netpoll_cost(handler: Callable[[Any, Any], None], msg: bytes, n: int) -> float:
+    """CPU seconds per request through a netpoll TLS connection (with the client's TLS)."""
+    import ssl
+    import threading
+
+    from netpoll._conn._tls import TLSConnection
+
+    from .tools import Toolbox
+
+    files = Toolbox.discover().ensure_tls_files()
+    if files is None:
+        raise SystemExit("request_cost: no TLS certificate (install openssl or trustme)")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(str(files[0]), str(files[1]))
+    client_ctx = ssl.create_default_context()
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    raw, server = socket.socketpair()
+    conn = TLSConnection(server, Poller(0), server_ctx, server_side=True, on_request=handler)
+    shake = threading.Thread(target=conn.handshake_blocking, args=(10.0,))
+    shake.start()
+    client = client_ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    shake.join(10.0)
     try:
         return _per_request(client, conn._on_event, READ_EVENTS, msg, n)
     finally:
@@ -167,6 +200,7 @@ CASES = (
     "raw",
     *(f"{kind}{w}" for kind in ("", "floor-", "safe-", "owned-") for w in MESSAGES),
     *RESP_MESSAGES,
+    "tlsecho",
 )
 
 
@@ -195,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raw recv_into + send: {raw * 1e6:.2f} µs per request")
     for case in cases:
         if case == "raw":
+            continue
+        if case == "tlsecho":
+            cost = tls_netpoll_cost(netpoll_handler(netpoll, "echo"), MESSAGE, args.requests)
+            print(f"netpoll TLS echo: {cost * 1e6:.2f} µs per request")
             continue
         kind, _, workload = case.rpartition("-")
         handler = netpoll_handler(netpoll, RESP_WORKLOADS.get(workload, workload))

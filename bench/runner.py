@@ -14,6 +14,7 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -51,6 +52,8 @@ class Workload:
     names). ``baseline``, when set, is the contender this workload's ratios are relative
     to instead of the report's overall one (a workload uvloop's Protocol does not serve,
     for one), and ``target`` the netpoll / ``baseline`` throughput ratio it aims at.
+    ``tls`` workloads run the same server logic behind each contender's TLS layer (one
+    certificate and ``SSLContext`` for all) and a TLS client in the load tool.
     """
 
     name: str
@@ -63,6 +66,7 @@ class Workload:
     redis_tests: tuple[str, ...] = REDIS_TESTS
     baseline: str | None = None
     target: float | None = None
+    tls: bool = False  # served over TLS (bench.server.TLS_CONTENDERS only)
 
     def cases(self) -> list[tuple[str, str]]:
         """(case key, title) of every result row this workload produces."""
@@ -83,10 +87,10 @@ class Workload:
 
     def serves(self, contender: str) -> bool:
         """Whether ``contender`` has a server for this workload (see bench.server.ONLY_FOR)."""
-        return serves(contender, self.server)
+        return serves(contender, self.server, self.tls)
 
 
-def standard_workloads(idle_conns: int) -> list[Workload]:
+def standard_workloads(idle_conns: int, tls_idle_conns: int = 2000) -> list[Workload]:
     return [
         Workload("echo-128-c1", "echo 128 B, 1 conn", "echo", "loadgen", 1, 128),
         Workload("echo-128-c50", "echo 128 B, 50 conns", "echo", "loadgen", 50, 128),
@@ -109,6 +113,23 @@ def standard_workloads(idle_conns: int) -> list[Workload]:
             target=1.5,
         ),
         Workload("idle", f"{idle_conns:,} idle conns", "echo", "idle", idle_conns),
+        # TLS: the same logic behind each contender's TLS layer (TLS 1.3, OpenSSL's default
+        # cipher); netpoll (both builds) against the asyncio and uvloop Protocol servers.
+        Workload("https-c50", "HTTPS wrk, 50 conns", "http", "wrk", 50, tls=True),
+        Workload(
+            "tls-echo-128-c50", "TLS echo 128 B, 50 conns", "echo", "loadgen", 50, 128, tls=True
+        ),
+        Workload(
+            "tls-echo-64k-c10", "TLS echo 64 KiB, 10 conns", "echo", "loadgen", 10, 65536, tls=True
+        ),
+        Workload(
+            "tls-idle",
+            f"{tls_idle_conns:,} idle TLS conns",
+            "echo",
+            "idle",
+            tls_idle_conns,
+            tls=True,
+        ),
     ]
 
 
@@ -234,10 +255,17 @@ class Server:
     """A benchmark server subprocess: started and ready in ``__enter__``, gone after exit."""
 
     def __init__(
-        self, contender: str, workload: str, settings: Settings, tools: Toolbox, log_name: str
+        self,
+        contender: str,
+        workload: str,
+        settings: Settings,
+        tools: Toolbox,
+        log_name: str,
+        tls: bool = False,
     ) -> None:
         self.contender = contender
         self.workload = workload
+        self.tls = tls
         self.settings = settings
         self.tools = tools
         self.port = free_port()
@@ -257,6 +285,11 @@ class Server:
             "--port",
             str(self.port),
         ]
+        if self.tls:
+            files = self.tools.ensure_tls_files()
+            if files is None:
+                raise ToolError(self.tools.tls_files_error or "no TLS certificate")
+            cmd += ["--tls-cert", str(files[0]), "--tls-key", str(files[1])]
         with open(self.log_path, "wb") as log:
             self.proc = REGISTRY.spawn(
                 pinned(self.settings.server_cpu, cmd, self.tools),
@@ -367,6 +400,8 @@ def measure_loadgen(server: Server, w: Workload, s: Settings, tools: Toolbox) ->
         str(s.warmup),
         "--duration",
         str(s.duration),
+        "--tls",
+        str(int(w.tls)),
     ]
     with cpu_window(server) as cpu:
         text = run_tool(pinned(s.load_cpu, cmd, tools), timeout=s.warmup + s.duration + 30)
@@ -380,7 +415,7 @@ def measure_loadgen(server: Server, w: Workload, s: Settings, tools: Toolbox) ->
 
 def measure_wrk(server: Server, w: Workload, s: Settings, tools: Toolbox) -> dict[str, Any]:
     assert tools.wrk is not None
-    url = f"http://{HOST}:{server.port}/"
+    url = f"{'https' if w.tls else 'http'}://{HOST}:{server.port}/"
     base = [tools.wrk, "-t1", f"-c{w.conns}"]
     if s.warmup > 0:
         run_tool(pinned(s.load_cpu, [*base, f"-d{s.warmup:g}s", url], tools), s.warmup + 30)
@@ -437,8 +472,12 @@ def measure_idle(server: Server, w: Workload, s: Settings, tools: Toolbox) -> di
     """Server RSS growth per connection while ``w.conns`` connections sit idle."""
     assert tools.loadgen is not None
     # Exercise the accept and request path once, so its first-use costs are not counted.
+    client_ctx = ssl.create_default_context()
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
     for _ in range(3):
-        with socket.create_connection((HOST, server.port), timeout=5) as sock:
+        with socket.create_connection((HOST, server.port), timeout=5) as raw:
+            sock = client_ctx.wrap_socket(raw) if w.tls else raw
             sock.sendall(b"warm-up")
             sock.recv(64)
     time.sleep(0.3)
@@ -454,6 +493,8 @@ def measure_idle(server: Server, w: Workload, s: Settings, tools: Toolbox) -> di
         str(w.conns),
         "--hold",
         "120",
+        "--tls",
+        str(int(w.tls)),
     ]
     proc = REGISTRY.spawn(
         pinned(s.load_cpu, cmd, tools),
@@ -496,7 +537,7 @@ def measure(
     contender: str, w: Workload, s: Settings, tools: Toolbox, log_name: str
 ) -> dict[str, dict[str, Any]]:
     """Start a server, measure ``w`` once, stop the server; results keyed by case."""
-    with Server(contender, w.server, s, tools, log_name) as server:
+    with Server(contender, w.server, s, tools, log_name, w.tls) as server:
         if w.tool == "loadgen":
             result = {w.name: measure_loadgen(server, w, s, tools)}
         elif w.tool == "wrk":
@@ -514,9 +555,13 @@ def measure(
 
 def missing_tool(w: Workload, tools: Toolbox) -> str | None:
     """Why ``w`` cannot run here (one line saying what to install), or None."""
+    if w.tls and tools.ensure_tls_files() is None:
+        return tools.tls_files_error
     if w.tool in ("loadgen", "idle"):
         if tools.build_loadgen() is None:
             return tools.loadgen_error
+        if w.tls and tools.loadgen_tls_error is not None:
+            return tools.loadgen_tls_error
     elif w.tool == "wrk" and tools.wrk is None:
         return f"wrk not found: {INSTALL_HINTS['wrk']}"
     elif w.tool == "redis" and tools.redis_benchmark is None:
@@ -531,7 +576,7 @@ def estimate_seconds(w: Workload, s: Settings) -> float:
         return startup + s.warmup + s.duration + 0.2
     if w.tool == "redis":
         return startup + 1.0 + len(w.redis_tests) * s.redis_test_seconds * 1.3
-    return startup + 2.0 + w.conns / 4000
+    return startup + 2.0 + w.conns / (800 if w.tls else 4000)  # TLS: a handshake each
 
 
 def check_contender(contender: str, s: Settings) -> str | None:

@@ -21,11 +21,19 @@ import importlib
 import resource
 import select
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any, cast
 
-from bench._net import BACKLOG, HOST, accept_ready, announce, listen_nonblocking
+from bench._net import (
+    BACKLOG,
+    HOST,
+    accept_ready,
+    announce,
+    listen_nonblocking,
+    server_ssl_context,
+)
 from bench.handlers import netpoll_handler
 from bench.protocols import (
     MAX_BULK,
@@ -43,6 +51,7 @@ __all__ = [
     "CONTENDERS",
     "REFERENCE_CONTENDERS",
     "SERVER_WORKLOADS",
+    "TLS_CONTENDERS",
     "main",
     "raise_nofile_limit",
     "serves",
@@ -70,12 +79,17 @@ SERVER_WORKLOADS = (*WORKLOADS, "resp-lines")
 ONLY_FOR = {
     "resp-lines": ("netpoll", "netpoll-pure", "asyncio-streams", "uvloop-streams"),
 }
+# Contenders that serve over TLS (with --tls-cert/--tls-key): netpoll's TLS listener
+# against the Protocol servers of asyncio and uvloop, all with one SSLContext.
+TLS_CONTENDERS = ("netpoll", "netpoll-pure", "asyncio-protocol", "uvloop-protocol")
 READ_SIZE = 256 * 1024  # raw epoll: one preallocated receive buffer of this size
 STREAM_READ_SIZE = 64 * 1024  # asyncio Streams: most bytes one read() returns
 
 
-def serves(contender: str, workload: str) -> bool:
-    """Whether ``contender`` has a server for the server logic ``workload``."""
+def serves(contender: str, workload: str, tls: bool = False) -> bool:
+    """Whether ``contender`` has a server for the server logic ``workload`` (over TLS)."""
+    if tls and contender not in TLS_CONTENDERS:
+        return False
     only = ONLY_FOR.get(workload)
     return only is None or contender in only
 
@@ -226,17 +240,22 @@ def resp_lines_stream(
     return handle
 
 
-async def serve_asyncio(style: str, workload: str, port: int) -> None:
+async def serve_asyncio(
+    style: str, workload: str, port: int, ctx: ssl.SSLContext | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     server: asyncio.base_events.Server | asyncio.AbstractServer
     if style == "protocol":
+        factory: Callable[[], asyncio.Protocol]
         if workload == "echo":
-            server = await loop.create_server(EchoProtocol, HOST, port, backlog=BACKLOG)
+            factory = EchoProtocol
         else:
             process = make_processor(workload)
-            server = await loop.create_server(
-                lambda: SessionProtocol(Session(process)), HOST, port, backlog=BACKLOG
-            )
+
+            def factory() -> asyncio.Protocol:
+                return SessionProtocol(Session(process))
+
+        server = await loop.create_server(factory, HOST, port, backlog=BACKLOG, ssl=ctx)
     else:
         handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
         if workload == "echo":
@@ -251,7 +270,9 @@ async def serve_asyncio(style: str, workload: str, port: int) -> None:
         await server.serve_forever()
 
 
-def run_asyncio(contender: str, workload: str, port: int) -> None:
+def run_asyncio(
+    contender: str, workload: str, port: int, ctx: ssl.SSLContext | None = None
+) -> None:
     backend, style = contender.split("-")
     if backend == "uvloop":
         uvloop = importlib.import_module("uvloop")
@@ -260,7 +281,7 @@ def run_asyncio(contender: str, workload: str, port: int) -> None:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(serve_asyncio(style, workload, port))
+        loop.run_until_complete(serve_asyncio(style, workload, port, ctx))
     finally:
         loop.close()
 
@@ -352,9 +373,9 @@ def run_epoll(workload: str, port: int) -> None:
 # --- netpoll ---------------------------------------------------------------------------
 
 
-def run_netpoll(workload: str, port: int) -> None:
+def run_netpoll(workload: str, port: int, ctx: ssl.SSLContext | None = None) -> None:
     netpoll = importlib.import_module("netpoll")
-    listener = netpoll.create_listener("tcp", f"{HOST}:{port}")
+    listener = netpoll.create_listener("tcp", f"{HOST}:{port}", ssl=ctx)
     loop = netpoll.EventLoop(netpoll_handler(netpoll, workload))
     announce(port)
     loop.serve(listener)
@@ -363,18 +384,18 @@ def run_netpoll(workload: str, port: int) -> None:
 # --- entry point --------------------------------------------------------------------------
 
 
-def serve(contender: str, workload: str, port: int) -> None:
-    if not serves(contender, workload):
-        raise ValueError(f"{contender} has no {workload} server")
+def serve(contender: str, workload: str, port: int, ctx: ssl.SSLContext | None = None) -> None:
+    if not serves(contender, workload, ctx is not None):
+        raise ValueError(f"{contender} has no {workload} server{' over TLS' * (ctx is not None)}")
     raise_nofile_limit()
     if contender in ("netpoll", "netpoll-pure"):
-        run_netpoll(workload, port)
+        run_netpoll(workload, port, ctx)
     elif contender == "epoll":
         run_epoll(workload, port)
     elif contender in REFERENCE_CONTENDERS:
         run_floor(workload, port, contender)
     elif contender in CONTENDERS:
-        run_asyncio(contender, workload, port)
+        run_asyncio(contender, workload, port, ctx)
     else:
         raise ValueError(f"unknown contender {contender!r}")
 
@@ -387,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contender", required=True, choices=CONTENDERS + REFERENCE_CONTENDERS)
     parser.add_argument("--workload", choices=SERVER_WORKLOADS, default="echo")
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1")
+    parser.add_argument("--tls-cert", help="serve over TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
     parser.add_argument(
         "--check", action="store_true", help="only report whether the contender can run here"
     )
@@ -400,11 +423,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = args.tls_cert is not None
+    if tls and args.contender not in TLS_CONTENDERS:
+        parser.error(f"over TLS only {', '.join(TLS_CONTENDERS)} serve")
     if not serves(args.contender, args.workload):
         only = ", ".join(ONLY_FOR[args.workload])
         parser.error(f"the {args.workload} workload is served by {only} only")
+    ctx = server_ssl_context(args.tls_cert, args.tls_key) if tls else None
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.contender, args.workload, args.port)
+        serve(args.contender, args.workload, args.port, ctx)
     return 0
 
 

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,16 @@ BUILD_DIR = BENCH_DIR / "build"
 LOADGEN_SRC = BENCH_DIR / "loadgen.c"
 LOADGEN_BIN = BUILD_DIR / "loadgen"
 WRK_SCRIPT = BENCH_DIR / "wrk_report.lua"
+TLS_DIR = BUILD_DIR / "tls"
 
 INSTALL_HINTS = {
     "gcc": "install a C compiler (apt-get install gcc) to build the load generator",
     "wrk": "install wrk (apt-get install wrk)",
     "redis-benchmark": "install redis-benchmark (apt-get install redis-tools)",
     "taskset": "install taskset (apt-get install util-linux) to pin processes to cores",
+    "libssl": "install OpenSSL's headers (apt-get install libssl-dev) for the TLS load",
+    "openssl": "install openssl (apt-get install openssl) or trustme (pip install trustme) "
+    "to make the TLS workloads' certificate",
 }
 
 
@@ -43,6 +48,9 @@ class Toolbox:
     taskset: str | None
     loadgen: Path | None = None
     loadgen_error: str | None = None
+    loadgen_tls_error: str | None = None  # why the load generator cannot speak TLS
+    tls_files: tuple[Path, Path] | None = None
+    tls_files_error: str | None = None
 
     @classmethod
     def discover(cls) -> Toolbox:
@@ -67,17 +75,68 @@ class Toolbox:
                 return None
             if not up_to_date and gcc is not None:
                 BUILD_DIR.mkdir(parents=True, exist_ok=True)
-                cmd = [gcc, "-O2", "-Wall", "-o", str(LOADGEN_BIN), str(LOADGEN_SRC)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                # With TLS when OpenSSL's headers are here; without it otherwise.
+                base = [gcc, "-O2", "-Wall", "-o", str(LOADGEN_BIN), str(LOADGEN_SRC)]
+                tls_cmd = [*base[:3], "-DLOADGEN_TLS", *base[3:], "-lssl", "-lcrypto"]
+                proc = subprocess.run(tls_cmd, capture_output=True, text=True, timeout=120)
+                if proc.returncode != 0:
+                    proc = subprocess.run(base, capture_output=True, text=True, timeout=120)
                 if proc.returncode != 0:
                     first = (proc.stderr.strip().splitlines() or ["(no output)"])[0]
                     self.loadgen_error = f"building the load generator failed: {first}"
                     return None
+            features = subprocess.run(
+                [str(LOADGEN_BIN), "--features"], capture_output=True, text=True, timeout=10
+            ).stdout.split()
+            if "tls" not in features:
+                self.loadgen_tls_error = (
+                    f"the load generator was built without TLS: {INSTALL_HINTS['libssl']}, "
+                    f"then delete {LOADGEN_BIN}"
+                )
         except (OSError, subprocess.SubprocessError) as exc:
             self.loadgen_error = f"building the load generator failed: {exc}"
             return None
         self.loadgen = LOADGEN_BIN
         return self.loadgen
+
+    def ensure_tls_files(self) -> tuple[Path, Path] | None:
+        """A self-signed certificate for 127.0.0.1 and its key in bench/build/tls/, made once
+        (with ``openssl req``, or trustme when openssl is missing); None if neither works."""
+        if self.tls_files is not None or self.tls_files_error is not None:
+            return self.tls_files
+        cert, key = TLS_DIR / "cert.pem", TLS_DIR / "key.pem"
+        if not (cert.exists() and key.exists()):
+            TLS_DIR.mkdir(parents=True, exist_ok=True)
+            made = False
+            openssl = shutil.which("openssl")
+            if openssl is not None:
+                cmd = [
+                    openssl, "req", "-x509", "-newkey", "ec",
+                    "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "365",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert),
+                ]  # fmt: skip
+                try:
+                    made = subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
+                except (OSError, subprocess.SubprocessError):
+                    made = False
+            if not made:
+                script = (
+                    "import sys, trustme\n"
+                    "c = trustme.CA().issue_cert('127.0.0.1')\n"
+                    "c.private_key_pem.write_to_path(sys.argv[2])\n"
+                    "c.cert_chain_pems[0].write_to_path(sys.argv[1])\n"
+                )
+                try:
+                    cmd = [sys.executable, "-c", script, str(cert), str(key)]
+                    made = subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
+                except (OSError, subprocess.SubprocessError):
+                    made = False
+            if not made:
+                self.tls_files_error = f"cannot make a certificate: {INSTALL_HINTS['openssl']}"
+                return None
+        self.tls_files = (cert, key)
+        return self.tls_files
 
     def versions(self) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -11,6 +11,7 @@ It logs to stderr at INFO (every line carries the pid) and serves a line protoco
 - ``pid``       -> the serving process's pid
 - ``sleep X``   -> sleeps X seconds (blocking the library cannot see), then ``done``
 - ``echo TEXT`` -> ``TEXT``
+- ``crash``     -> the serving process exits at once with status 3 (logs ``CRASH pid=N``)
 
 Each process that builds the app logs ``APP pid=N`` when the factory runs and
 ``SERVING pid=N`` once its loop accepts connections (``wait_serving``); a handler about
@@ -59,6 +60,10 @@ def on_request(ctx: Any, conn: netpoll.Connection) -> None:
         reply = b"done\n"
     elif cmd == b"echo":
         reply = arg + b"\n"
+    elif cmd == b"crash":
+        log.info("CRASH pid=%d", os.getpid())
+        logging.shutdown()
+        os._exit(3)
     else:
         reply = b"unknown\n"
     conn.write_binary(reply)

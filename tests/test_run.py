@@ -1049,6 +1049,39 @@ def test_app_failing_at_start_gives_up(apps: list[AppProcess]) -> None:
     finish(app)
 
 
+@pytest.mark.timeout(90)
+def test_workers_crashing_after_start_are_restarted_with_backoff(apps: list[AppProcess]) -> None:
+    """A worker that served and then dies is restarted at once; when its successors keep
+    dying soon after their start, the restarts of that slot back off (a crash loop forks at
+    most once per BACKOFF_MAX seconds) and the supervisor never gives up on them."""
+    app = start(apps, 1 + 1, shutdown_timeout=5.0)
+    app.wait_serving()
+    crashes = 6
+    for i in range(crashes):
+        c = app.connect()
+        try:
+            pid = c.ask_pid()
+            # a death within EARLY_DEATH (1 s) of the start would count as a start failure
+            threading.Event().wait(1.1)  # not synchronisation: the worker must be this old
+            c.send(b"crash")
+            assert wait_for(lambda p=pid: not alive(p), 10.0), f"worker {pid} did not exit"
+        finally:
+            c.close()
+        assert app.wait_log("SERVING pid=", 30.0, count=2 + i + 1), app.stderr()
+    err = app.stderr()
+    delays = [float(m) for m in re.findall(r"restarting it in ([0-9.]+)s", err)]
+    immediate = len(re.findall(r"exited with code 3; restarting it\n", err))
+    print(f"{crashes} crashes: restarted at once {immediate}x, after delays {delays}")
+    # 6 crashes over 2 slots: one slot had at least 3 in a row, so delays 0.1 and 0.2 s
+    assert immediate + len(delays) == crashes, err
+    assert 1 <= immediate <= 2, err
+    assert 0.1 in delays and 0.2 in delays, err
+    assert "workers keep failing" not in err
+    app.signal(signal.SIGTERM)
+    assert_exit(app, app.wait_exit(20.0))
+    finish(app)
+
+
 @pytest.mark.timeout(60)
 def test_single_process_sigint(apps: list[AppProcess]) -> None:
     timeout = 20.0

@@ -20,7 +20,11 @@ Design (see docs/design.md, "Several cores"):
 - A worker that dies is restarted; deaths before a worker was ready or within
   ``EARLY_DEATH`` seconds count as start failures, restarted with a doubling delay, and
   ``MAX_START_FAILURES`` in a row on one slot end the run with RuntimeError: a broken
-  app must not fork-bomb the machine.
+  app must not fork-bomb the machine. A worker that served and then died is restarted at
+  once the first time; if its successor dies too within ``STABLE_LIFE`` seconds of its
+  start, the restarts of that slot back off the same way (never giving up: the app
+  works, something kills it now and then), so a crash loop forks at most once per
+  ``BACKOFF_MAX`` seconds.
 
 All state lives in the supervisor's main thread: signal handlers only wake it (through
 ``signal.set_wakeup_fd``), so nothing here needs a lock.
@@ -51,6 +55,7 @@ EARLY_DEATH: Final = 1.0  # seconds: a worker dying sooner than this failed to s
 MAX_START_FAILURES: Final = 5
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 5.0
+STABLE_LIFE: Final = 30.0  # seconds: a worker that lived this long resets its slot's backoff
 KILL_GRACE: Final = 2.0  # after a second stop signal, seconds before SIGKILL
 STOP_GRACE: Final = 2.0  # beyond shutdown_timeout, for workers to exit after draining
 ORPHAN_TIMEOUT: Final = 1.0  # a worker whose supervisor died drains this long at most
@@ -91,6 +96,7 @@ class Supervisor:
         self.children: dict[int, _Child] = {}
         self.slots: list[_Child | None] = [None] * workers
         self.failures = [0] * workers
+        self.crashes = [0] * workers  # late deaths in a row, each within STABLE_LIFE
         self.restart_at: dict[int, float] = {}
         self.reload_queue: list[int] = []
         self.replacing: _Child | None = None
@@ -292,9 +298,17 @@ class Supervisor:
             self.slots[slot] = None
         if not early:
             self.failures[slot] = 0
-            _log.warning("netpoll: %s; restarting it", what)
+            if time.monotonic() - child.started >= STABLE_LIFE:
+                self.crashes[slot] = 0
+            crashes = self.crashes[slot]
+            self.crashes[slot] += 1
+            delay = min(BACKOFF_FIRST * 2 ** (crashes - 1), BACKOFF_MAX) if crashes else 0.0
+            if delay:
+                _log.warning("netpoll: %s; restarting it in %.1fs", what, delay)
+            else:
+                _log.warning("netpoll: %s; restarting it", what)
             if not child.replacement:
-                self.restart_at[slot] = time.monotonic()
+                self.restart_at[slot] = time.monotonic() + delay
             return
         self.failures[slot] += 1
         if self.failures[slot] >= MAX_START_FAILURES:

@@ -170,6 +170,9 @@ class TLSConnection(Connection):
         close_notify, or an error: the stream can no longer be trusted).
         """
         inb = self._in
+        inbio = self._inbio
+        if not inbio.pending:
+            return 0, False  # nothing to decrypt (and no close_notify to find)
         # Any: with a buffer, read() returns a count, not the bytes its stub promises.
         sslobj: Any = self._sslobj
         got = 0
@@ -216,6 +219,10 @@ class TLSConnection(Connection):
             got += k
             if w == tail.cap and self._recv_cls < self._recv_base * RECV_GROWTH:
                 self._grow_recv()
+            elif k < len(target) and not inbio.pending:
+                # A short read ends its record; with no ciphertext left there is nothing
+                # more. Asking again would only raise SSLWantReadError (1.4 us a time).
+                break
         if not inb._rlen:
             inb.drop_empty_tail()
         return got, ended
@@ -337,6 +344,27 @@ class TLSConnection(Connection):
             total += sslobj.write(v)
         wb.consume_sent(total)
 
+    def _encrypt_pending_locked(self) -> None:
+        """Encrypt the parts ``write_binary`` queued by reference, straight from the caller's
+        memory (a plain flush sends them with ``sendmsg``; copying them into the output
+        buffer first cost 4,600 instructions per small echo). Parts are queued only while
+        the output buffer is empty, so nothing written earlier is left behind them."""
+        parts = self._wpend
+        if not parts:
+            return
+        for p in parts:  # all or nothing: check every view before encrypting any
+            if type(p) is memoryview:
+                try:
+                    p.nbytes  # noqa: B018  # raises once released
+                except ValueError:
+                    raise self._released_write() from None
+        self._wpend = None
+        self._wpend_len = 0
+        sslobj = self._sslobj
+        for p in parts:
+            if memoryview(p).nbytes:  # an empty write would raise in OpenSSL
+                sslobj.write(p)
+
     def _send_locked(self, encrypt: bool) -> bool:
         """Send ciphertext without waiting: what is left over first, then the outgoing
         BIO's, then (``encrypt``) the output buffer's plaintext, encrypted chunk by chunk.
@@ -377,7 +405,10 @@ class TLSConnection(Connection):
                 self._check_writable_locked()
                 raise ConnectionClosedError("the TLS session is shut down (close_notify sent)")
             if self._wpend:
-                self._spill()
+                if self._hs == HS_DONE and self._wpend_len <= ENCRYPT_CHUNK:
+                    self._encrypt_pending_locked()
+                else:
+                    self._spill()
             wb = self._wb
             if self._hs != HS_DONE:
                 # Written before the handshake finished (on_prepare): sent once it has.
