@@ -6,9 +6,11 @@ way the servers receive it. Pure functions only: no sockets, no sleeps.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -397,3 +399,202 @@ def test_servers_import_the_interpreters_own_build() -> None:
     assert proc.stdout.strip() == netpoll.__file__, proc.stderr
     src = str(REPO_ROOT / "src")
     assert child_env("/nonexistent/python")["PYTHONPATH"].split(":")[0] == src
+
+
+# --------------------------------------------------------------------------- terminal table
+
+TABLE_CONTENDERS = ["netpoll", "asyncio-protocol"]
+TABLE_WORKLOADS = ("echo-128-c50", "http-c50", "resp-c50")  # loadgen, wrk, redis-benchmark
+REDIS_CSV_HEADER = (
+    '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
+    '"p99_latency_ms","max_latency_ms"\n'
+)
+
+
+class _FakeServer:
+    """Stands in for bench.runner.Server: no process; a core 90% busy (cpu_window)."""
+
+    def __init__(self, contender: str, workload: str, *args: object, **kwargs: object) -> None:
+        self.port = 1
+        self.log_path = Path("/nonexistent/fake-server.log")
+
+    def __enter__(self) -> _FakeServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return True
+
+    def cpu_seconds(self) -> float:
+        import time
+
+        return 0.9 * time.monotonic()
+
+
+def _fake_tool_output(calls: dict[str, int], cmd: list[str], timeout: float) -> str:
+    """What the real load tools print, with a throughput that grows with every call, so
+    that repeated runs differ (min < max)."""
+    import json
+
+    tool = Path(cmd[0]).name
+    calls[tool] = calls.get(tool, 0) + 1
+    rps = 100_000.0 + 10_000.0 * calls[tool]
+    if tool == "loadgen":
+        data = {
+            "ok": True,
+            "mode": "echo",
+            "conns": 50,
+            "size": 128,
+            "duration_s": 1.0,
+            "requests": int(rps),
+            "rps": rps,
+            "mean_us": 50.0,
+            "p50_us": 45.0,
+            "p90_us": 60.0,
+            "p99_us": 90.0,
+            "p999_us": 150.0,
+            "max_us": 300.0,
+            "cpu_s": 0.6,
+            "cpu_frac": 0.6,
+        }
+        return "loadgen: measuring\n" + json.dumps(data) + "\n"
+    if tool == "wrk":
+        return WRK_OUTPUT.replace("Requests/sec: 193334.44", f"Requests/sec: {rps:.2f}")
+    if tool == "redis-benchmark":
+        rows = "".join(
+            f'"{t}","{rps:.2f}","0.300","0.050","0.250","0.400","0.600","1.000"\n'
+            for t in ("PING_INLINE", "PING_MBULK", "SET", "GET")
+        )
+        return REDIS_CSV_HEADER + rows
+    raise AssertionError(f"unexpected tool {cmd!r}")
+
+
+def _table_results(monkeypatch: pytest.MonkeyPatch, runs: int) -> dict[str, Any]:
+    """A results dict as ``python -m bench`` makes it: bench.runner.run_all measuring with
+    its real measure_* functions and tool-output parsers (only the server process and the
+    load tools' processes are faked), then bench.report.build_results."""
+    import datetime as dt
+    import io
+
+    from bench import report, runner
+    from bench.tools import Toolbox
+
+    calls: dict[str, int] = {}
+    monkeypatch.setattr(runner, "Server", _FakeServer)
+    monkeypatch.setattr(
+        runner, "run_tool", lambda cmd, timeout: _fake_tool_output(calls, list(cmd), timeout)
+    )
+    tools = Toolbox(
+        gcc=None,
+        wrk="/fake/wrk",
+        redis_benchmark="/fake/redis-benchmark",
+        taskset=None,
+        loadgen=Path("/fake/loadgen"),
+    )
+    settings = runner.Settings(warmup=0.0, duration=1.0, redis_test_seconds=0.5, runs=runs)
+    workloads = [w for w in runner.standard_workloads(100) if w.name in TABLE_WORKLOADS]
+    assert sorted(w.tool for w in workloads) == ["loadgen", "redis", "wrk"]
+    progress = runner.Progress(total_estimate=1.0, total_items=1, stream=io.StringIO())
+    outcome = runner.run_all(TABLE_CONTENDERS, workloads, settings, tools, progress)
+    assert not outcome.errors, outcome.errors
+    return report.build_results(
+        mode="custom",
+        command="python -m bench",
+        contenders=TABLE_CONTENDERS,
+        workloads=workloads,
+        settings={
+            "warmup": settings.warmup,
+            "duration": settings.duration,
+            "redis_test_seconds": settings.redis_test_seconds,
+            "runs": settings.runs,
+            "server_cpu": None,
+            "load_cpu": None,
+            "idle_conns": 100,
+            "env": {},
+        },
+        measurements=outcome.measurements,
+        errors=outcome.errors,
+        skipped={},
+        started=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+        elapsed_s=1.0,
+        interrupted=outcome.interrupted,
+        tool_versions={},
+        revision=None,
+    )
+
+
+def _table_cells(table: str) -> dict[tuple[str, str], dict[str, str]]:
+    """The terminal table's rows by (workload title, contender), each cell by its column
+    name, cut at the column spans the dashed rule under the header marks."""
+    lines = table.splitlines()
+    header, rule = lines[0], lines[1]
+    spans = [(m.start(), m.end()) for m in re.finditer(r"-+", rule)]
+    names = [header[a:b].strip() for a, b in spans]
+    assert names[:2] == ["workload", "contender"] and names[-2:] == ["cpu srv", "cpu load"]
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    title = ""
+    for line in lines[2:]:
+        if not line.strip():
+            continue
+        cells = {n: line[a:b].strip() for n, (a, b) in zip(names, spans, strict=True)}
+        cells["_line"] = line
+        title = cells["workload"] or title
+        rows[(title, cells["contender"])] = cells
+    return rows
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("runs", [1, 3])
+def test_terminal_table_shows_runs_and_cpu_columns(
+    monkeypatch: pytest.MonkeyPatch, runs: int
+) -> None:
+    """The benchmark's terminal table: the min-max column says "(1 run)" after one run and
+    "low-high" after three; `cpu srv` and `cpu load` both hold a number on the C load
+    generator's rows, and on wrk's and redis-benchmark's rows `cpu srv` holds a number and
+    `cpu load` a dash; print_summary prints the CPU legend (without its backticks)."""
+    import io
+
+    from bench import report
+    from bench.runner import standard_workloads
+
+    results = _table_results(monkeypatch, runs)
+    table = report.format_terminal_table(results)
+    rows = _table_cells(table)
+    tools = {title: w.tool for w in standard_workloads(100) for _c, title in w.cases()}
+    summaries = {
+        (case["title"], e["contender"]): e["summary"]
+        for case in results["cases"]
+        for e in case["contenders"]
+    }
+    assert set(rows) == set(summaries), table
+    assert len(rows) == len(TABLE_CONTENDERS) * 6, table  # echo, HTTP, four RESP tests
+    number = re.compile(r"\d+\.\d\d")
+    for (title, contender), cells in rows.items():
+        where = f"{title} / {contender}:\n{table}"
+        s = summaries[(title, contender)]
+        assert s["runs"] == runs, where
+        if runs == 1:
+            assert cells["min-max"] == "(1 run)", where
+        else:
+            assert s["min"] < s["max"], where
+            low, high = report.fmt_rate(s["min"]), report.fmt_rate(s["max"])
+            assert cells["min-max"] == f"{low}-{high}", where
+        assert number.fullmatch(cells["cpu srv"]), where
+        if tools[title] == "loadgen":
+            assert cells["cpu load"] == "0.60", where  # the load generator's cpu_frac
+        else:
+            assert tools[title] in ("wrk", "redis"), where
+            # one number and a dash, never a lone number
+            assert cells["cpu load"] == "-", where
+            assert re.search(r"\d\.\d\d +-$", cells["_line"]), where
+
+    out = io.StringIO()
+    report.print_summary(results, out)
+    printed = out.getvalue()
+    legend = report.CPU_LEGEND.replace("`", "")
+    assert "`" in report.CPU_LEGEND and "`" not in legend
+    assert legend in printed
+    assert "cpu srv is the share of its core" in printed
+    assert table in printed

@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import re
 import subprocess
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +84,42 @@ def test_importing_netpoll_loads_no_package_beyond_the_standard_library() -> Non
     loaded = set(_run("-c", script).split())
     allowed = set(sys.stdlib_module_names) | {"netpoll", "netpoll__mypyc"}
     assert loaded <= allowed, sorted(loaded - allowed)
+
+
+def _load_pyproject() -> dict[str, Any]:
+    try:
+        import tomllib as toml  # Python 3.11+
+    except ModuleNotFoundError:
+        try:
+            import tomli as toml  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            pytest.skip("neither tomllib (Python 3.11+) nor tomli is available to read TOML")
+    path = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    with path.open("rb") as f:
+        data: dict[str, Any] = toml.load(f)
+    return data
+
+
+def test_pyproject_license_is_an_spdx_string() -> None:
+    """The packaging metadata uses PEP 639's SPDX string (``license = "Apache-2.0"``), so
+    ``pip install`` prints no setuptools deprecation of a ``project.license`` table: no
+    ``License ::`` classifier beside it (setuptools rejects the pair), and a build
+    requirement on setuptools >= 77, the first release that takes the string form."""
+    data = _load_pyproject()
+    project = data["project"]
+    license_ = project.get("license")
+    assert isinstance(license_, str), f"project.license is {license_!r}, not an SPDX string"
+    assert license_ == "Apache-2.0"
+    classifiers = project.get("classifiers", [])
+    assert not [c for c in classifiers if c.startswith("License ::")], classifiers
+    requires = data["build-system"]["requires"]
+    bounds = []
+    for req in requires:
+        spec = req.split(";", 1)[0].strip()
+        m = re.fullmatch(r"setuptools\s*(?:\[[^\]]*\])?\s*([<>=!~].*)?", spec, re.IGNORECASE)
+        if m is None:
+            continue  # another package (setuptools-scm is not setuptools)
+        for lower in re.finditer(r"(>=|==|~=|>)\s*(\d+)", m.group(1) or ""):
+            bounds.append(int(lower.group(2)))
+    assert bounds, f"no lower bound on setuptools in [build-system].requires: {requires}"
+    assert max(bounds) >= 77, f"setuptools lower bound {max(bounds)} < 77: {requires}"

@@ -353,6 +353,76 @@ def test_graceful_shutdown_still_times_out_on_a_half_sent_frame(serve: ServeFact
     assert isinstance(probe.seen.get(timeout=5.0), netpoll.ConnectionClosedError)
 
 
+@pytest.mark.timeout(30)
+def test_shutdown_none_waits_for_a_half_sent_frame_then_returns(serve: ServeFactory) -> None:
+    """``shutdown(None)`` keeps Go's meaning, a graceful stop without a limit: while a
+    handler waits in ``next(n)`` for the rest of a half-sent frame, a ``shutdown(None)``
+    on another thread does not return (nor raise) for 0.5 s; once the client sends the
+    rest, the handler's reply arrives whole, ``shutdown`` returns within 5 s without an
+    exception, the client sees EOF, serve() returns, and a new connection attempt is
+    refused (or closed without an answer)."""
+    waiting = threading.Event()  # the handler is about to wait for the frame's body
+
+    def handler(ctx: Any, conn: netpoll.Connection) -> None:
+        hdr = conn.next(4)
+        waiting.set()
+        body = conn.next(int.from_bytes(hdr, "big"))
+        conn.write_binary(hdr)
+        conn.write_binary(body)
+        conn.flush()
+        conn.release()
+
+    srv = serve(handler)
+    addr = srv.addr
+    request = frame(b"h" * HALF_ANNOUNCED)
+    half = srv.connect()
+    half.sendall(request[: 4 + HALF_SENT])
+    assert waiting.wait(IO_TIMEOUT), "the half frame's handler never ran"
+
+    done = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def stop() -> None:
+        try:
+            srv.loop.shutdown(None)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+        finally:
+            done.set()
+
+    srv.stopped = True  # shut down here, not again by the fixture
+    stopper = threading.Thread(target=stop, name="test-shutdown", daemon=True)
+    stopper.start()
+    # (On failure the fixture closes the client: the handler's wait ends, shutdown returns.)
+    assert not done.wait(0.5), f"shutdown(None) returned with a frame half sent: {outcome}"
+    assert stopper.is_alive()
+
+    half.sendall(request[4 + HALF_SENT :])
+    assert recv_exact(half, len(request)) == request
+    assert done.wait(5.0), "shutdown(None) did not return once the frame was answered"
+    assert outcome == [None], f"shutdown(None) raised {outcome[0]!r}"
+    stopper.join(5.0)
+    assert closed_outcome(half) == "eof", "no end of stream after the graceful shutdown"
+    assert srv.served.wait(5.0), "serve() did not return after shutdown(None)"
+
+    late = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        late.settimeout(IO_TIMEOUT)
+        try:
+            late.connect(addr)
+        except ConnectionRefusedError:
+            pass  # the listener is closed: what is expected
+        else:
+            with contextlib.suppress(OSError):
+                late.sendall(frame(b"too late"))
+            result = closed_outcome(late)
+            assert result in ("eof", "reset"), f"a connection after shutdown got {result}"
+    finally:
+        late.close()
+
+
 # --------------------------------------------------------------------------- max_connections
 
 LIMIT = 100

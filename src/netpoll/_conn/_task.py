@@ -6,11 +6,15 @@ after a slow batch of its poller (``suspect_slow``, ``Poller.timing``); a run lo
 ``SLOW_HANDLER`` on a poller thread marks the connection slow, and its later tasks run
 on the slow pool. A run there longer than ``BLOCKED_ON_POOL`` blocked for sure (waiting
 for the GIL lasts a switch interval, 5 ms, at a time) and renews the mark; one between
-the two may just have waited for the GIL or been preempted, so after ``SLOW_RETRY``
-seconds without a sure sign the connection gets another, timed, run on the poller: a
-mark earned by a run that was merely preempted cannot stick. The poller's monitor marks
-a connection whose handler kept a leader stuck (``mark_slow``); the poll layer only
-reports, and the slow pool (``netpoll._runner``) only runs.
+the two may just have waited for the GIL or been preempted, and so may a longer one while
+the poller reports contention (``Poller.contended``: its leader waiting for a core, the
+process busy, or the machine short of CPU), so after ``SLOW_RETRY`` seconds without a
+sure sign the connection gets another, timed, run on the poller: a mark earned by a run
+that was merely preempted cannot stick. While the poller reports contention, an inline
+run between ``SLOW_HANDLER`` and ``BLOCKED_ON_POOL`` earns no mark at all, only another
+timed run. The poller's monitor marks a connection whose handler kept a leader stuck
+(``mark_slow``) unless the leader was only preempted; the poll layer only reports, and
+the slow pool (``netpoll._runner``) only runs.
 """
 
 from __future__ import annotations
@@ -249,9 +253,19 @@ class Tasks(Receiving):
             self._slow = False
             self._suspect = False
             return False
-        if not on_pool or not self._slow or elapsed > BLOCKED_ON_POOL:
+        if not on_pool and elapsed <= BLOCKED_ON_POOL and self._poller.contended:
+            # A little slow inline while the poller is short of a core (or the GIL): most
+            # likely preempted. Not marked; its next run is timed again.
+            self._suspect = True
+            return False
+        if (
+            not on_pool
+            or not self._slow
+            or (elapsed > BLOCKED_ON_POOL and not self._poller.contended)
+        ):
             # Slow on the poller, on the pool while its poller offloads, or blocked for
-            # sure on the pool: (still) slow from now on.
+            # sure on the pool (a long run while the poller's process or core is
+            # contended may have waited for a core or the GIL: not sure): slow from now on.
             self._slow_since = now
             self._slow = True
             return True

@@ -9,10 +9,31 @@ a leader stuck in one batch and promotes a follower. The old leader finishes its
 finds it was replaced, drops the rest of its batch and becomes a follower. Dropping is
 safe because the backend is level-triggered: whatever was not handled is reported again.
 
-After a stuck leader the poller *offloads* for ``OFFLOAD_SPAN`` seconds: its connections
-run their tasks on the slow pool instead of inline. Many handlers blocking at once (a
-slow database behind every connection) then wait side by side on pool threads instead of
-taking the leader one after another, one monitor look each.
+After a leader stuck *blocked* the poller *offloads* for ``OFFLOAD_SPAN`` seconds: its
+connections run their tasks on the slow pool instead of inline. Many handlers blocking at
+once (a slow database behind every connection) then wait side by side on pool threads
+instead of taking the leader one after another, one monitor look each.
+
+A leader can also sit in one batch because it is *preempted* (runnable, waiting for a
+core: a busy machine, a container's CPU quota) or busy computing. The monitor tells these
+apart by the leader thread's scheduler counters (Linux ``/proc/self/task/TID/schedstat``:
+CPU time, and time spent waiting for a core), sampled at each look while it is busy: over
+the last interval, mostly waiting for a core is *preempted* (a follower is promoted, and
+nothing else: offloading would move fast connections to the pool for nothing), mostly
+on a core is *running* (promote, and mark the connection slow: its handler computes for
+long). Off a core without waiting for one, the leader sleeps: in a handler that blocks,
+or waiting for the GIL while the thread holding it computes or waits for a core. If the
+process kept at least half a core busy, or the machine's CPU pressure (``/proc/pressure/
+cpu``: some task waiting for a CPU) covered half the interval, the leader counts as
+*preempted* (nothing to blame; offloading would only add threads to the contention);
+otherwise it is *blocked* (promote, mark, offload). Without counters, *blocked*.
+
+The same samples keep ``contended`` (read by the connections' slow-handler policy): true
+for ``CONTENDED_SPAN`` seconds after a look found the busy leader waiting for a core a
+quarter of the interval or more, the process keeping half a core busy, or the machine
+under CPU pressure half the interval. While it is
+true, a long run on the slow pool is no sure sign of blocking (it may have waited for a
+core or the GIL), so it does not renew a connection's slow mark.
 
 Leadership state, under ``_lock``: ``_epoch`` names the current leader (a thread leads
 while the epoch it was promoted with is current); ``_busy_epoch`` is the epoch of a leader
@@ -48,6 +69,45 @@ SWEEP_INTERVAL: Final = 1.0  # seconds between looks for quiet connections' spar
 SLOW_BATCH: Final = 0.001
 TIMING_SPAN: Final = 1.0
 OFFLOAD_SPAN: Final = 1.0  # seconds of running tasks on the slow pool after a stuck leader
+# What a stuck leader was doing over the monitor's last interval (see the module doc).
+STUCK_BLOCKED: Final = 0
+STUCK_RUNNING: Final = 1
+STUCK_PREEMPTED: Final = 2
+BLOCKED_SHARE: Final = 0.5  # off-CPU and not waiting for a core this much: asleep
+BUSY_PROCESS: Final = 0.5  # cores the process kept busy meanwhile: asleep on the GIL
+PREEMPTED_SHARE: Final = 0.25  # of an interval waiting for a core: the poller is contended
+STARVED_SHARE: Final = 0.5  # of an interval with some task of the machine waiting for a CPU
+CONTENDED_SPAN: Final = 0.5  # seconds ``contended`` stays true after a contended look
+
+
+_psi_missing = False  # /proc/pressure/cpu is absent: stop looking for it
+
+
+def _cpu_pressure() -> float | None:
+    """Seconds, since boot, during which some task of the machine waited for a CPU (Linux
+    pressure stall information), or None where the kernel does not say."""
+    global _psi_missing
+    if _psi_missing:
+        return None
+    try:
+        with open("/proc/pressure/cpu", "rb") as f:
+            first = f.readline()
+        return int(first.rsplit(b"total=", 1)[1]) / 1e6
+    except (OSError, ValueError, IndexError):
+        _psi_missing = True
+        return None
+
+
+def _sched_sample(tid: int) -> tuple[int, int] | None:
+    """(CPU ns, ns waiting for a core) of thread ``tid`` of this process, or None where the
+    kernel does not say (not Linux, no schedstat)."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+            fields = f.read().split()
+        return int(fields[0]), int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 _tls = threading.local()
 
@@ -116,6 +176,7 @@ class Poller:
         self._lock = threading.Lock()
         self._epoch = 0
         self._leader_ident = 0
+        self._leader_tid = 0  # the leader's kernel thread id, for its scheduler counters
         self._idle: list[_Follower] = []
         self._threads = 0
         self._closed = False
@@ -131,6 +192,15 @@ class Poller:
         # True for a while after a stuck leader: connections run their tasks on the pool.
         self.offload = False
         self._offload_until = 0.0
+        # The monitor's last sample of a busy leader: (tick, tid, monotonic s, CPU ns,
+        # ns waiting for a core, process CPU s). Only the monitor thread touches it.
+        self._mon_sample: tuple[int, int, float, int, int, float] | None = None
+        # The previous look's (monotonic s, process CPU s, CPU pressure s), busy or not;
+        # monitor only.
+        self._mon_process: tuple[float, float, float] | None = None
+        # Set by the monitor, read unlocked by connections (a stale read is harmless).
+        self.contended = False
+        self._contended_until = 0.0
         waker = self.backend.waker
         self._handlers[waker.rfd] = lambda _ev: waker.drain()
         self._started = False
@@ -290,29 +360,89 @@ class Poller:
                 self._promote_locked()
 
     def _monitor_check(self, seen_tick: int) -> int:
-        """Promote a follower if the leader sat in one batch since the last look."""
-        owner: SlowAware | None = None
+        """Promote a follower if the leader sat in one batch since the last look; offload
+        and blame the handler only as far as the leader's counters say it is blocked or
+        computing, not merely preempted (see the module doc)."""
         with self._lock:
             tick = self._tick
             epoch = self._epoch
+            busy = self._busy_epoch == epoch and self._leader_ident != 0 and not self._closed
+            tid = self._leader_tid
+        now = time.monotonic()
+        process = time.process_time()
+        pressure = _cpu_pressure()
+        starved = False  # the process busy, or the machine short of cores
+        before = self._mon_process
+        self._mon_process = (now, process, -1.0 if pressure is None else pressure)
+        if before is not None and now > before[0]:
+            span = now - before[0]
+            starved = process - before[1] >= BUSY_PROCESS * span
+            if pressure is not None and before[2] >= 0:
+                starved = starved or pressure - before[2] >= STARVED_SHARE * span
+        if not busy:
+            self._mon_sample = None
+            self._note_contention(now, starved)
+            return tick
+        # The counters are read outside the lock (a file read); the state is checked again.
+        counters = _sched_sample(tid) if tid else None
+        last = self._mon_sample
+        waiting = False
+        if counters is not None and last is not None and last[1] == tid and now > last[2]:
+            waiting = (counters[1] - last[4]) / 1e9 >= PREEMPTED_SHARE * (now - last[2])
+        self._note_contention(now, starved or waiting)
+        if counters is not None:
+            self._mon_sample = (tick, tid, now, counters[0], counters[1], process)
+        else:
+            self._mon_sample = None
+        if tick != seen_tick:
+            return tick  # a new batch since the last look: not stuck
+        kind = STUCK_BLOCKED
+        if counters is not None and last is not None and last[0] == tick and last[1] == tid:
+            elapsed = now - last[2]
+            cpu, waited = (counters[0] - last[3]) / 1e9, (counters[1] - last[4]) / 1e9
+            if elapsed <= 0:
+                pass
+            elif elapsed - cpu - waited < BLOCKED_SHARE * elapsed:
+                kind = STUCK_PREEMPTED if waited > cpu else STUCK_RUNNING
+            elif starved:
+                # Asleep, most likely on the GIL, while its holder computes or waits for a
+                # core: nothing to blame, and more threads would only add contention.
+                kind = STUCK_PREEMPTED
+        owner: SlowAware | None = None
+        with self._lock:
             if (
-                self._busy_epoch == epoch
-                and tick == seen_tick
-                and self._leader_ident
-                and not self._closed
+                self._tick != tick
+                or self._epoch != epoch
+                or self._busy_epoch != epoch
+                or not self._leader_ident
+                or self._closed
             ):
-                _log.debug("netpoll: poller %d leader blocked in a handler; promoting", self.index)
+                return tick  # it moved on meanwhile
+            _log.debug(
+                "netpoll: poller %d leader %s in a handler; promoting",
+                self.index,
+                ("blocked", "computing", "preempted")[kind],
+            )
+            if kind != STUCK_PREEMPTED:
                 owner = self._owners.get(self._running)
+            if kind == STUCK_BLOCKED:
                 # Until OFFLOAD_SPAN passes, tasks run on the slow pool: if many handlers
                 # block at once, they wait side by side instead of one leader each.
                 self._offload_until = time.monotonic() + OFFLOAD_SPAN
                 self.offload = self.timing = True
-                self._promote_locked()
+            self._promote_locked()
+        self._mon_sample = None
         if owner is not None:
             # The stuck run was not timed: tell its owner it is slow, so its next
             # tasks go to the slow pool instead of taking a leader again.
             owner.mark_slow()
         return tick
+
+    def _note_contention(self, now: float, contended: bool) -> None:
+        """Monitor only: keep ``contended`` true for CONTENDED_SPAN after a contended look."""
+        if contended:
+            self._contended_until = now + CONTENDED_SPAN
+        self.contended = now < self._contended_until
 
     def _thread_main(self, epoch: int) -> None:
         try:
@@ -353,6 +483,7 @@ class Poller:
         monotonic = time.monotonic
         with lock:
             self._leader_ident = threading.get_ident()
+            self._leader_tid = threading.get_native_id()
         try:
             while True:
                 with lock:
