@@ -1,6 +1,6 @@
 """A TLS echo server: the same nocopy handler as a plain echo server, on a TLS listener.
 
-Run: python examples/tls_echo.py [--port 8443] [--cert cert.pem --key key.pem]
+Run: python examples/tls_echo.py [--port 8443] [--workers N] [--cert cert.pem --key key.pem]
 
 Without --cert it makes a throwaway certificate for localhost and 127.0.0.1 with the
 ``trustme`` package (``pip install trustme``) and writes the CA that signed it to
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", help="PEM private key")
     parser.add_argument("--client", action="store_true", help="send a message and print the echo")
     parser.add_argument("--cafile", help="client: the CA to trust (default: the system's)")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (one per core)")
     parser.add_argument("message", nargs="?", default="hello over TLS")
     args = parser.parse_args(argv)
     if args.client:
@@ -104,8 +105,15 @@ def main(argv: list[str] | None = None) -> None:
         cert, key, ca = throwaway_certificate(Path.cwd())
         print(f"throwaway certificate for localhost; clients trust {ca}")
     ctx = server_context(cert, key)
-    print(f"TLS echo on 127.0.0.1:{args.port}")
-    netpoll.run(make_loop, "tcp", f"127.0.0.1:{args.port}", ssl=ctx, shutdown_timeout=5)
+    print(f"TLS echo on 127.0.0.1:{args.port} with {args.workers} worker(s)")
+    netpoll.run(
+        make_loop,
+        "tcp",
+        f"127.0.0.1:{args.port}",
+        workers=args.workers,
+        ssl=ctx,
+        shutdown_timeout=5,
+    )
 
 
 if __name__ == "__main__":

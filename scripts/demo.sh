@@ -6,7 +6,8 @@
 #   scripts/demo.sh --workloads echo-128-c1,idle   # any `python -m bench` arguments
 #   PYTHON=python3.13 scripts/demo.sh              # another interpreter for the venv
 #
-# Installs (with apt-get, when missing): wrk, redis-tools, gcc, util-linux (taskset);
+# Installs (with apt-get, when missing): wrk, redis-tools, gcc, util-linux (taskset),
+# libssl-dev and openssl (the TLS workloads of a full run);
 # creates .venv with $PYTHON (default python3) and installs the compiled build with its bench
 # extra (uvloop, matplotlib), and the pure build into .venv-pure; builds the C load generator;
 # runs `python -m bench --quick`.
@@ -47,6 +48,8 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+[ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   apt_install "${missing[@]}" || say "could not install ${missing[*]}: the benchmark skips what needs them"

@@ -15,25 +15,23 @@ once (a slow database behind every connection) then wait side by side on pool th
 instead of taking the leader one after another, one monitor look each.
 
 A leader can also sit in one batch because it is *preempted* (runnable, waiting for a
-core: a busy machine, a container's CPU quota) or busy computing. The monitor tells these
-apart by the leader thread's scheduler counters (Linux ``/proc/self/task/TID/schedstat``:
-CPU time, and time spent waiting for a core), sampled at each look while it is busy: over
-the last interval, mostly waiting for a core is *preempted* (a follower is promoted, and
-nothing else: offloading would move fast connections to the pool for nothing), mostly
-on a core is *running* (promote, and mark the connection slow: its handler computes for
-long). Off a core without waiting for one, the leader sleeps: in a handler that blocks,
-or waiting for the GIL while the thread holding it computes or waits for a core. If the
-process kept at least half a core busy, or the machine's CPU pressure (``/proc/pressure/
-cpu``: some task waiting for a CPU) covered half the interval, the leader counts as
-*preempted* (nothing to blame; offloading would only add threads to the contention);
-otherwise it is *blocked* (promote, mark, offload). Without counters, *blocked*.
+core: a busy machine, a container's CPU quota), asleep on the GIL while another thread
+holds it, or computing. The monitor tells these apart from three clocks it samples at
+each look: the leader thread's CPU time (``time.pthread_getcpuclockid``), the process's
+CPU time, and the machine's CPU pressure (Linux ``/proc/pressure/cpu``: the time during
+which some task waited for a CPU, read through one descriptor kept open). Over the
+interval the leader was stuck: on a core half of it or more is *running* (promote, and
+mark the connection slow: its handler computes for long; no offload, more threads do not
+help CPU work under the GIL); otherwise, if the process kept a core busy (the GIL never
+free) or the machine was under CPU pressure half the interval, it is *preempted*, by the
+scheduler or by the GIL (a follower is promoted and nothing else: offloading would move
+fast connections to the pool for nothing); otherwise it is *blocked* (promote, mark,
+offload). Without those clocks (not Linux), *blocked*.
 
 The same samples keep ``contended`` (read by the connections' slow-handler policy): true
-for ``CONTENDED_SPAN`` seconds after a look found the busy leader waiting for a core a
-quarter of the interval or more, the process keeping half a core busy, or the machine
-under CPU pressure half the interval. While it is
-true, a long run on the slow pool is no sure sign of blocking (it may have waited for a
-core or the GIL), so it does not renew a connection's slow mark.
+for ``CONTENDED_SPAN`` seconds after a look found the process keeping a core busy
+or the machine under CPU pressure half the interval. While it is true, a long run on the
+slow pool is no sure sign of blocking (it may have waited for a core or the GIL).
 
 Leadership state, under ``_lock``: ``_epoch`` names the current leader (a thread leads
 while the epoch it was promoted with is current); ``_busy_epoch`` is the epoch of a leader
@@ -46,6 +44,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -73,40 +72,60 @@ OFFLOAD_SPAN: Final = 1.0  # seconds of running tasks on the slow pool after a s
 STUCK_BLOCKED: Final = 0
 STUCK_RUNNING: Final = 1
 STUCK_PREEMPTED: Final = 2
-BLOCKED_SHARE: Final = 0.5  # off-CPU and not waiting for a core this much: asleep
-BUSY_PROCESS: Final = 0.5  # cores the process kept busy meanwhile: asleep on the GIL
-PREEMPTED_SHARE: Final = 0.25  # of an interval waiting for a core: the poller is contended
+RUNNING_SHARE: Final = 0.5  # of an interval on a core: the leader is computing
+BUSY_PROCESS: Final = 0.9  # of a core the process kept busy: the GIL is never free
 STARVED_SHARE: Final = 0.5  # of an interval with some task of the machine waiting for a CPU
 CONTENDED_SPAN: Final = 0.5  # seconds ``contended`` stays true after a contended look
 
+_PSI_PATH: Final = "/proc/pressure/cpu"
+_psi_fd = -2  # -2: not opened yet; -1: not available here
 
-_psi_missing = False  # /proc/pressure/cpu is absent: stop looking for it
+
+def _open_pressure() -> None:
+    """Open the CPU pressure file once, at import, so that reading it never opens a
+    descriptor afterwards: the process's descriptor count stays steady while it serves."""
+    global _psi_fd
+    if _psi_fd == -2:
+        try:
+            _psi_fd = os.open(_PSI_PATH, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            _psi_fd = -1
 
 
-def _cpu_pressure() -> float | None:
-    """Seconds, since boot, during which some task of the machine waited for a CPU (Linux
-    pressure stall information), or None where the kernel does not say."""
-    global _psi_missing
-    if _psi_missing:
-        return None
+def _cpu_pressure() -> float:
+    """Seconds since boot during which some task of the machine waited for a CPU (pressure
+    stall information); -1.0 where the kernel does not say."""
+    global _psi_fd
+    fd = _psi_fd
+    if fd < 0:
+        return -1.0
     try:
-        with open("/proc/pressure/cpu", "rb") as f:
-            first = f.readline()
+        first = os.pread(fd, 128, 0).split(b"\n", 1)[0]
         return int(first.rsplit(b"total=", 1)[1]) / 1e6
     except (OSError, ValueError, IndexError):
-        _psi_missing = True
-        return None
+        _psi_fd = -1
+        return -1.0
 
 
-def _sched_sample(tid: int) -> tuple[int, int] | None:
-    """(CPU ns, ns waiting for a core) of thread ``tid`` of this process, or None where the
-    kernel does not say (not Linux, no schedstat)."""
+_open_pressure()
+
+
+def _thread_cpu(clock: int) -> float:
+    """CPU seconds of the thread whose CPU clock is ``clock``; -1.0 if unknown (it ended)."""
+    if clock < 0:
+        return -1.0
     try:
-        with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
-            fields = f.read().split()
-        return int(fields[0]), int(fields[1])
-    except (OSError, ValueError, IndexError):
-        return None
+        return time.clock_gettime(clock)
+    except OSError:
+        return -1.0
+
+
+def _cpu_clock_of_this_thread() -> int:
+    """The CPU-time clock of the calling thread, for the monitor to read; -1 if none."""
+    try:
+        return time.pthread_getcpuclockid(threading.get_ident())
+    except (AttributeError, OSError):
+        return -1
 
 
 _tls = threading.local()
@@ -176,7 +195,7 @@ class Poller:
         self._lock = threading.Lock()
         self._epoch = 0
         self._leader_ident = 0
-        self._leader_tid = 0  # the leader's kernel thread id, for its scheduler counters
+        self._leader_clock = -1  # the leader thread's CPU-time clock (see the module doc)
         self._idle: list[_Follower] = []
         self._threads = 0
         self._closed = False
@@ -192,11 +211,10 @@ class Poller:
         # True for a while after a stuck leader: connections run their tasks on the pool.
         self.offload = False
         self._offload_until = 0.0
-        # The monitor's last sample of a busy leader: (tick, tid, monotonic s, CPU ns,
-        # ns waiting for a core, process CPU s). Only the monitor thread touches it.
-        self._mon_sample: tuple[int, int, float, int, int, float] | None = None
-        # The previous look's (monotonic s, process CPU s, CPU pressure s), busy or not;
-        # monitor only.
+        # The monitor's last sample of a busy leader: (tick, clock, monotonic s, the
+        # leader's CPU s). Only the monitor thread touches it.
+        self._mon_sample: tuple[int, int, float, float] | None = None
+        # The previous look's (monotonic s, process CPU s, CPU pressure s); monitor only.
         self._mon_process: tuple[float, float, float] | None = None
         # Set by the monitor, read unlocked by connections (a stale read is harmless).
         self.contended = False
@@ -361,52 +379,42 @@ class Poller:
 
     def _monitor_check(self, seen_tick: int) -> int:
         """Promote a follower if the leader sat in one batch since the last look; offload
-        and blame the handler only as far as the leader's counters say it is blocked or
-        computing, not merely preempted (see the module doc)."""
+        and blame the handler only as far as the clocks say it is blocked or computing,
+        not merely preempted (see the module doc)."""
         with self._lock:
             tick = self._tick
             epoch = self._epoch
             busy = self._busy_epoch == epoch and self._leader_ident != 0 and not self._closed
-            tid = self._leader_tid
+            clock = self._leader_clock
         now = time.monotonic()
         process = time.process_time()
         pressure = _cpu_pressure()
         starved = False  # the process busy, or the machine short of cores
         before = self._mon_process
-        self._mon_process = (now, process, -1.0 if pressure is None else pressure)
+        self._mon_process = (now, process, pressure)
         if before is not None and now > before[0]:
             span = now - before[0]
             starved = process - before[1] >= BUSY_PROCESS * span
-            if pressure is not None and before[2] >= 0:
+            if pressure >= 0 and before[2] >= 0:
                 starved = starved or pressure - before[2] >= STARVED_SHARE * span
+        self._note_contention(now, starved)
         if not busy:
             self._mon_sample = None
-            self._note_contention(now, starved)
             return tick
-        # The counters are read outside the lock (a file read); the state is checked again.
-        counters = _sched_sample(tid) if tid else None
+        cpu = _thread_cpu(clock)
         last = self._mon_sample
-        waiting = False
-        if counters is not None and last is not None and last[1] == tid and now > last[2]:
-            waiting = (counters[1] - last[4]) / 1e9 >= PREEMPTED_SHARE * (now - last[2])
-        self._note_contention(now, starved or waiting)
-        if counters is not None:
-            self._mon_sample = (tick, tid, now, counters[0], counters[1], process)
-        else:
-            self._mon_sample = None
+        self._mon_sample = None if cpu < 0 else (tick, clock, now, cpu)
         if tick != seen_tick:
             return tick  # a new batch since the last look: not stuck
         kind = STUCK_BLOCKED
-        if counters is not None and last is not None and last[0] == tick and last[1] == tid:
+        if cpu >= 0 and last is not None and last[0] == tick and last[1] == clock:
             elapsed = now - last[2]
-            cpu, waited = (counters[0] - last[3]) / 1e9, (counters[1] - last[4]) / 1e9
-            if elapsed <= 0:
-                pass
-            elif elapsed - cpu - waited < BLOCKED_SHARE * elapsed:
-                kind = STUCK_PREEMPTED if waited > cpu else STUCK_RUNNING
+            if elapsed > 0 and cpu - last[3] >= RUNNING_SHARE * elapsed:
+                kind = STUCK_RUNNING
             elif starved:
-                # Asleep, most likely on the GIL, while its holder computes or waits for a
-                # core: nothing to blame, and more threads would only add contention.
+                # Off a core while the process or the machine is short of CPU: waiting
+                # for one, or for the GIL: nothing to blame, and more threads would only
+                # add to the contention.
                 kind = STUCK_PREEMPTED
         owner: SlowAware | None = None
         with self._lock:
@@ -483,7 +491,7 @@ class Poller:
         monotonic = time.monotonic
         with lock:
             self._leader_ident = threading.get_ident()
-            self._leader_tid = threading.get_native_id()
+            self._leader_clock = _cpu_clock_of_this_thread()
         try:
             while True:
                 with lock:
