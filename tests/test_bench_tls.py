@@ -158,7 +158,9 @@ def test_loadgen_tls_echo_checks_every_reply(
         "--max-requests", "300",
     )  # fmt: skip
     assert result["ok"] is True, result
-    assert result["requests"] == 300  # every request finished within the measured phase
+    # Every request finished within the measured phase: the count stops the run, and the
+    # requests other connections had in flight then complete too (at most one each).
+    assert 300 <= result["requests"] < 300 + conns, result
     assert echo_server.alive()
 
 
