@@ -605,7 +605,10 @@ def format_docs(results: dict[str, Any], chart_name: str | None) -> str:
         "asyncio's and uvloop's `Protocol` servers (`create_server(ssl=...)`). HTTPS is "
         "`wrk -t1 -c50` against `https://`; TLS echo is `bench/loadgen.c --tls 1` (OpenSSL, "
         "TLS 1.3, handshakes done before the measured phase); idle TLS memory is the "
-        "server's RSS growth per connection whose handshake is complete.",
+        "server's RSS growth per connection whose handshake is complete. uvloop's TLS echo "
+        "depends on glibc's allocator: with its defaults uvloop maps and unmaps a buffer on "
+        "every read; with `MALLOC_TOP_PAD_=4194304` it does not, and is faster than netpoll "
+        '(docs/performance.md, "TLS", has both runs and the command).',
         "- RESP, blocking-style parser: `redis-benchmark -c 50 -t set,get` (warm-up of SETs "
         "and GETs) against servers that read each command field by field, as a newcomer "
         "writes them: netpoll with `read_line` / `read_binary` / `skip` "
@@ -727,7 +730,9 @@ def tls_cpu_note(results: dict[str, Any]) -> list[str]:
             continue
         parts = []
         for e in case["contenders"]:
-            rps, cpu = e["summary"].get("rps"), e["summary"].get("server_cpu")
+            summary = e["summary"]
+            rps = summary.get("median") if summary.get("metric") == "rps" else None
+            cpu = summary.get("server_cpu")
             if rps and cpu:
                 parts.append(f"{e['contender']} {cpu / rps * 1e6:.1f} µs")
         if parts:

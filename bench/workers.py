@@ -174,9 +174,9 @@ def format_section(results: dict[str, Any]) -> str:
         "supervisor and the workers over the measured window, divided by the requests. What "
         "these can and cannot show: on this two-core machine the second worker shares core 1 "
         "with the load generator, so two workers cannot double the throughput here. They "
-        "show that the shared listener spreads the work without waste (the CPU per request "
-        "stays about the same: nothing is spent on contention or on waking idle workers) "
-        "and what a second worker gains from part of a core. With a core per worker and "
+        "show whether the shared listener spreads the work without waste (close CPU per "
+        "request for one and two workers: little is spent on contention or on waking idle "
+        "workers) and what a second worker gains from part of a core. With a core per worker and "
         "one for the load, throughput would grow with the workers until the load "
         "generator or the loopback saturates.",
         END,

@@ -256,3 +256,31 @@ def test_server_refuses_tls_for_a_contender_without_it(cert_files: tuple[Path, P
     )  # fmt: skip
     assert proc.returncode == 2
     assert "over TLS only" in proc.stderr
+
+
+def test_report_gives_server_cpu_per_request_on_tls_rows() -> None:
+    """Where wrk's own TLS limits the rate, the report compares servers by CPU per request
+    (share of the core / rate), and keeps TLS rows out of the plaintext geometric mean."""
+    from bench import report
+
+    def entry(contender: str, rps: float, cpu: float) -> dict[str, Any]:
+        summary = {"metric": "rps", "median": rps, "server_cpu": cpu, "runs": 1}
+        return {"contender": contender, "summary": summary, "runs": [], "errors": []}
+
+    def case(name: str, tls: bool, netpoll_rps: float) -> dict[str, Any]:
+        rows = [entry("netpoll", netpoll_rps, 1.0), entry("uvloop-protocol", 50_000, 0.5)]
+        return {
+            "case": name, "title": name, "tool": "wrk", "conns": 50, "tls": tls,
+            "baseline": None, "target": None, "contenders": rows,
+        }  # fmt: skip
+
+    results = {
+        "contenders": ["netpoll", "uvloop-protocol"],
+        "cases": [case("https", True, 40_000), case("http", False, 100_000)],
+    }
+    note = "\n".join(report.tls_cpu_note(results))
+    assert "- https: netpoll 25.0 µs, uvloop-protocol 10.0 µs" in note, note
+    assert "http:" not in note.replace("https:", "")
+    plain = report.geomean_ratios(results)
+    tls = report.geomean_ratios(results, tls=True)
+    assert plain["netpoll"] == (2.0, 1) and tls["netpoll"] == (0.8, 1)
