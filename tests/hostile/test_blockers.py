@@ -43,6 +43,9 @@ ANSWER_BOUND = 4.0  # seconds from the last send until all BLOCKERS are answered
 ANSWER_WAIT = 20.0  # how long to wait for them, to measure (and report) a slow answer
 QUICK_CLIENTS = 3
 QUICK_BOUND = 0.5  # a quick client's worst round trip while the blockers block
+# ... while 1,000 block: starting a thousand threads takes the 2-core machine's CPU for a
+# while (0.11-0.13 s measured quietly, 0.53 s once with a profiler running alongside)
+QUICK_BOUND_THOUSAND = 1.0
 QUICK_MAX_ROUNDS = 5000  # per quick client and phase
 QUICK_PACE = 0.005
 
@@ -380,7 +383,8 @@ def test_invisible_blockers_at_once(tmp_path: Path, blockers: int) -> None:
     Bounds, per phase: the last of the 300 answers arrives at most 4.0 s after the moment
     the last of the 300 frames was sent (the sleeps overlap: 2 s of sleeping plus 2 s of
     margin for 300 threads on a loaded 2-core machine); no quick client's round trip takes
-    more than 0.5 s, and each did some (at least 3) round trips meanwhile.
+    more than 0.5 s (1.0 s beside 1,000 blockers), and each did some (at least 3) round
+    trips meanwhile.
 
     The second phase repeats this on the same 300 connections, which the server has by
     then marked slow (their requests now run on the slow pool): the pool must take all 300
@@ -434,9 +438,10 @@ def check_blocker_phase(name: str, fig: dict[str, Any], n: int = BLOCKERS) -> No
     )
     assert not fig["quick_errors"], f"{name} phase: {fig['quick_errors'][:3]}"
     assert min(fig["quick_rounds"]) >= 3, f"{name} phase: quick rounds {fig['quick_rounds']}"
-    assert fig["quick_worst_s"] <= QUICK_BOUND, (
+    bound = QUICK_BOUND if n == BLOCKERS else QUICK_BOUND_THOUSAND
+    assert fig["quick_worst_s"] <= bound, (
         f"{name} phase: a quick client's round trip took {fig['quick_worst_s']:.3f}s "
-        f"(bound {QUICK_BOUND}s)"
+        f"(bound {bound}s)"
     )
 
 
