@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
-import selectors
 import socket
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from bench import report  # noqa: E402
 from bench.protocols import MAX_BULK, ProtocolError, RespStore, resp_length  # noqa: E402
 from bench.runner import Workload, standard_workloads  # noqa: E402
 from bench.server import CONTENDERS, serves  # noqa: E402
+
+from _bench_server import BenchServer  # noqa: E402
 
 TIMEOUT = 5.0  # seconds any single wait for the server may take
 
@@ -65,43 +66,17 @@ def read_line_reply(sock: socket.socket) -> bytes:
     return bytes(out)
 
 
-class Server:
+class Server(BenchServer):
     """One ``python -m bench.server`` process serving ``resp-lines`` on loopback."""
 
     def __init__(self, contender: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        args = ["--contender", contender, "--workload", "resp-lines", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.server", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,  # stderr is inherited: pytest shows it if a test fails
-            stdin=subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            ready = sel.select(timeout=30.0)
-        line = self.proc.stdout.readline() if ready else b""
-        if line.strip() != f"READY {self.port}".encode():
-            self.stop()
-            raise AssertionError(f"{contender} server did not start: {line!r}")
+        super().__init__(contender, "resp-lines")
 
     def connect(self) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
         # Each sendall goes out as it is made: a split command arrives in two pieces.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @pytest.fixture(params=SERVED_BY)

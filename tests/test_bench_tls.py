@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 from bench.runner import standard_workloads  # noqa: E402
 from bench.server import CONTENDERS, TLS_CONTENDERS  # noqa: E402
 
+from _bench_server import BenchServer  # noqa: E402
+
 trustme = pytest.importorskip("trustme")
 
 TIMEOUT = 10.0  # seconds any single wait for a server or tool may take
@@ -62,38 +64,11 @@ def loadgen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-class TLSServer:
+class TLSServer(BenchServer):
     """One ``python -m bench.server`` process serving ``workload`` over TLS."""
 
     def __init__(self, contender: str, workload: str, cert: Path, key: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        args = ["--contender", contender, "--workload", workload, "--port", str(self.port)]
-        args += ["--tls-cert", str(cert), "--tls-key", str(key)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.server", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            ready = sel.select(timeout=30.0)
-        line = self.proc.stdout.readline() if ready else b""
-        if line.strip() != f"READY {self.port}".encode():
-            self.stop()
-            raise AssertionError(f"{contender} TLS server did not start: {line!r}")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        super().__init__(contender, workload, "--tls-cert", str(cert), "--tls-key", str(key))
 
 
 @pytest.fixture(params=SERVERS)
@@ -190,22 +165,9 @@ def test_loadgen_tls_against_a_plain_server_fails_clearly(
 ) -> None:
     """A TLS client against a plaintext echo server gets a JSON error naming the handshake,
     not a hang."""
-    srv = TLSServer.__new__(TLSServer)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    srv.port = port
-    srv.proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.server", "--contender", "asyncio-protocol",
-         "--workload", "echo", "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    srv = BenchServer("asyncio-protocol", "echo")
+    port = srv.port
     try:
-        assert srv.proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(srv.proc.stdout, selectors.EVENT_READ)
-            assert sel.select(timeout=30.0)
-        assert srv.proc.stdout.readline().startswith(b"READY")
         result = run_loadgen(
             loadgen, "--mode", "echo", "--tls", "1", "--port", str(port), "--conns", "1",
             "--connect-timeout", "2", "--max-requests", "10",

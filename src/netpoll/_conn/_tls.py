@@ -349,17 +349,9 @@ class TLSConnection(Connection):
         memory (a plain flush sends them with ``sendmsg``; copying them into the output
         buffer first cost 4,600 instructions per small echo). Parts are queued only while
         the output buffer is empty, so nothing written earlier is left behind them."""
-        parts = self._wpend
+        parts = self._take_pending()
         if not parts:
             return
-        for p in parts:  # all or nothing: check every view before encrypting any
-            if type(p) is memoryview:
-                try:
-                    p.nbytes  # noqa: B018  # raises once released
-                except ValueError:
-                    raise self._released_write() from None
-        self._wpend = None
-        self._wpend_len = 0
         sslobj = self._sslobj
         for p in parts:
             if memoryview(p).nbytes:  # an empty write would raise in OpenSSL

@@ -55,19 +55,27 @@ class Writing(Reading):
         return wb
 
     def _spill(self) -> None:
-        parts = self._wpend
+        parts = self._take_pending()
         if parts:
-            for p in parts:
-                if type(p) is memoryview:
-                    try:
-                        p.nbytes  # noqa: B018  # raises once released
-                    except ValueError:
-                        raise self._released_write() from None
-            self._wpend = None
-            self._wpend_len = 0
             wb = self._wbuf
             for p in parts:
                 wb.write_binary(p)
+
+    def _take_pending(self) -> list[bytes | memoryview] | None:
+        """Take the parts queued by reference off the queue, all or nothing: a view
+        released since it was queued raises (see ``_released_write``). Lock held."""
+        parts = self._wpend
+        if not parts:
+            return None
+        for p in parts:
+            if type(p) is memoryview:
+                try:
+                    p.nbytes  # noqa: B018  # raises once released
+                except ValueError:
+                    raise self._released_write() from None
+        self._wpend = None
+        self._wpend_len = 0
+        return parts
 
     def _released_write(self) -> ValueError:
         """A queued view was released before the flush: drop the queue, which can no longer
