@@ -12,6 +12,8 @@ hence ``pure_only``; the behaviour they produce is tested on both builds in
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -35,15 +37,33 @@ class Owner:
 
 
 class Clock:
+    """Scripted time for the test's own thread; the real clocks for any other thread (the
+    process-wide monitor of earlier tests' pollers keeps running meanwhile and must see
+    neither these values nor the scripted samplers below)."""
+
     def __init__(self) -> None:
         self.now = 100.0
         self.cpu = 1.0
+        self.owner = threading.get_ident()
 
     def monotonic(self) -> float:
-        return self.now
+        return self.now if threading.get_ident() == self.owner else time.monotonic()
 
     def process_time(self) -> float:
-        return self.cpu
+        return self.cpu if threading.get_ident() == self.owner else time.process_time()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def scripted(real: Any, fake: Any) -> Any:
+    """``fake`` on the test's thread, ``real`` on any other."""
+    owner = threading.get_ident()
+
+    def call(*args: Any) -> Any:
+        return (fake if threading.get_ident() == owner else real)(*args)
+
+    return call
 
 
 def stuck_poller(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Owner, list[int]]:
@@ -79,10 +99,14 @@ def verdict(
     pressure = [5.0, 5.0 + (pressure_ms or 0.0) / 1000]
     monkeypatch.setattr(_poller, "time", clock)
     monkeypatch.setattr(
-        _poller, "_thread_cpu", lambda c: leader.pop(0) if clocks and c == 4242 else -1.0
+        _poller,
+        "_thread_cpu",
+        scripted(_poller._thread_cpu, lambda c: leader.pop(0) if clocks and c == 4242 else -1.0),
     )
     monkeypatch.setattr(
-        _poller, "_cpu_pressure", lambda: -1.0 if pressure_ms is None else pressure.pop(0)
+        _poller,
+        "_cpu_pressure",
+        scripted(_poller._cpu_pressure, lambda: -1.0 if pressure_ms is None else pressure.pop(0)),
     )
     try:
         tick = p._monitor_check(-1)  # first look: a batch it has not seen before
@@ -137,7 +161,7 @@ def test_contention_is_reported_and_expires(monkeypatch: pytest.MonkeyPatch) -> 
     p = _poller.Poller(0)
     clock = Clock()
     monkeypatch.setattr(_poller, "time", clock)
-    monkeypatch.setattr(_poller, "_cpu_pressure", lambda: -1.0)
+    monkeypatch.setattr(_poller, "_cpu_pressure", scripted(_poller._cpu_pressure, lambda: -1.0))
     try:
         p._monitor_check(-1)
         assert not p.contended
@@ -150,3 +174,32 @@ def test_contention_is_reported_and_expires(monkeypatch: pytest.MonkeyPatch) -> 
         assert not p.contended
     finally:
         p.backend.close()
+
+
+def test_the_monitor_outlives_a_failed_look() -> None:
+    """A look that raises is logged and the monitor goes on looking: a dead monitor
+    thread would leave every poller of the process blind to blocked handlers."""
+
+    class Flaky:
+        index = 99
+
+        def __init__(self) -> None:
+            self.looks = 0
+            self.again = threading.Event()
+
+        def _monitor_check(self, seen: int) -> int:
+            self.looks += 1
+            if self.looks == 1:
+                raise RuntimeError("a bug in one look")
+            self.again.set()
+            return seen
+
+    monitor = _poller._Monitor()
+    monitor.interval = 0.005
+    flaky = Flaky()
+    monitor.watch(flaky)  # type: ignore[arg-type]  # only _monitor_check and index are used
+    try:
+        assert flaky.again.wait(5.0), "the monitor stopped after the failed look"
+    finally:
+        monitor.unwatch(flaky)  # type: ignore[arg-type]
+        monitor.interval = 1.0  # its (daemon) thread idles for the rest of the session

@@ -588,7 +588,11 @@ class _Monitor:
             with self._lock:
                 items = list(self._pollers.items())
             for poller, seen in items:
-                tick = poller._monitor_check(seen)
+                try:
+                    tick = poller._monitor_check(seen)
+                except Exception:  # pragma: no cover - a bug; the monitor must live on
+                    _log.exception("netpoll: the monitor failed looking at poller %d", poller.index)
+                    continue
                 with self._lock:
                     if poller in self._pollers:
                         self._pollers[poller] = tick
