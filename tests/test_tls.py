@@ -343,6 +343,61 @@ def test_the_read_limit_bounds_what_a_tls_connection_holds(
         s.close()
 
 
+@pytest.mark.timeout(60)
+def test_many_readers_waiting_mid_frame_share_a_few_receive_buffers(
+    serve: ServeFactory, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """Handlers waiting in ``next(n)`` receive and decrypt on their own threads; the
+    256 KiB ciphertext buffers they use are lent per receive, so many waiting threads do
+    not keep one each (the pool keeps a few), and every frame still arrives whole."""
+    from netpoll._conn import _tls
+
+    clients = 40
+    waiting = threading.Semaphore(0)
+
+    def frames(ctx: Any, conn: netpoll.Connection) -> None:
+        try:
+            n = int.from_bytes(conn.next(4), "big")
+            waiting.release()
+            body = bytes(conn.next(n))  # the rest comes only after every handler waits
+            conn.write_binary(hashlib.sha256(body).digest())
+            conn.flush()
+            conn.release()
+        except netpoll.ConnectionClosedError:
+            pass
+
+    srv = serve(frames, listener=tls_listener(server_ctx))
+    socks = [ssl_client(client_ctx, srv.addr) for _ in range(clients)]
+    bodies = [os.urandom(100_000 + i) for i in range(clients)]
+    try:
+        for s, body in zip(socks, bodies):
+            s.sendall(len(body).to_bytes(4, "big") + body[:1000])
+        for _ in range(clients):
+            assert waiting.acquire(timeout=IO_TIMEOUT), "a handler never started waiting"
+        for s, body in zip(socks, bodies):
+            s.sendall(body[1000:])
+        for s, body in zip(socks, bodies):
+            assert recv_exact(s, 32) == hashlib.sha256(body).digest()
+    finally:
+        for s in socks:
+            s.close()
+    assert len(_tls._spare) <= _tls.SPARE_SCRATCH
+
+
+def test_receive_buffers_are_lent_and_kept_within_a_bound() -> None:
+    from netpoll._conn import _tls
+
+    lent = [_tls._take_scratch() for _ in range(_tls.SPARE_SCRATCH + 3)]
+    assert all(len(b) == _tls.CT_RECV for b in lent)
+    assert len({id(b) for b in lent}) == len(lent)  # never one buffer lent twice
+    for b in lent:
+        _tls._give_scratch(b)
+    assert len(_tls._spare) == _tls.SPARE_SCRATCH
+    again = _tls._take_scratch()
+    assert any(again is b for b in lent)  # a kept one is reused
+    _tls._give_scratch(again)
+
+
 # --------------------------------------------------------------------------- hostile peers
 
 
