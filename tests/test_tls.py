@@ -398,6 +398,47 @@ def test_receive_buffers_are_lent_and_kept_within_a_bound() -> None:
     _tls._give_scratch(again)
 
 
+def test_application_data_goes_through_the_record_layer_or_the_public_object(
+    client_ctx: ssl.SSLContext,
+) -> None:
+    """The C object behind ``SSLObject`` is used only when it is CPython's own."""
+    from netpoll._conn import _tls
+
+    obj = client_ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname=HOST)
+    inner = _tls._record_layer(obj)
+    assert type(inner).__module__ == "_ssl" and inner is not obj
+
+    class Elsewhere:  # an SSLObject whose insides are not CPython's
+        _sslobj = object()
+
+    other: Any = Elsewhere()
+    assert _tls._record_layer(other) is other
+
+
+@pytest.mark.timeout(30)
+def test_empty_writes_between_real_ones_over_tls(
+    serve: ServeFactory, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    def handler(ctx: Any, conn: netpoll.Connection) -> None:
+        data = bytes(conn.next(len(conn)))
+        assert conn.write_binary(b"") == 0
+        assert conn.write_binary(memoryview(b"")) == 0
+        conn.write_binary(data)
+        conn.write_binary(b"")
+        conn.flush()
+        conn.write_binary(b"")
+        conn.flush()  # nothing queued: sends nothing, raises nothing
+        conn.release()
+
+    srv = serve(handler, listener=tls_listener(server_ctx))
+    with ssl_client(client_ctx, srv.addr) as s:
+        for i in range(5):
+            msg = b"%d" % i * 100
+            s.sendall(msg)
+            assert recv_exact(s, len(msg)) == msg
+    assert srv.loop.stats().handler_exceptions == 0
+
+
 # --------------------------------------------------------------------------- hostile peers
 
 

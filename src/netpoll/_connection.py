@@ -560,6 +560,8 @@ class Connection(Writing):
             if self._closed or self._wshut:
                 self._check_writable_locked()
             if n >= 0:
+                if not n:
+                    return 0  # nothing to send: never queued, so flushes need not check
                 wb = self._wb
                 if wb is None or not wb._nodes:
                     parts = self._wpend

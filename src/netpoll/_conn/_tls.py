@@ -13,6 +13,8 @@ The TLS state, beside ``ConnectionBase``'s (see ``_state.py``), all under ``_loc
 ``_sslobj`` over ``_inbio`` (ciphertext received, not yet decrypted) and ``_outbio``
     (ciphertext made, not yet taken for sending). Every call on any of the three is made
     with ``_lock`` held: they release the GIL, and correctness does not lean on it.
+    ``_tlsio`` is what reads and writes application data go through: the C object behind
+    ``_sslobj`` when it is there (see ``_record_layer``), else ``_sslobj`` itself.
 ``_hs``: ``HS_PENDING`` -> ``HS_DONE``, or ``HS_PENDING`` -> ``HS_FAILED``, once. A
     server's connection shakes hands on the poller, one step per readable event
     (``_handshake_event``), never waiting for bytes; ``_hs_timer`` (a poller timer,
@@ -99,6 +101,27 @@ _spare_pop: Final = _spare.pop  # bound once: the compiled build then calls them
 _spare_push: Final = _spare.append
 
 
+def _record_layer(obj: ssl.SSLObject) -> Any:
+    """What to call ``read(n, buffer)`` and ``write(data)`` on for ``obj``'s application data.
+
+    ``ssl.SSLObject.read`` and ``.write`` are Python methods that only pass their arguments
+    on to the ``_ssl._SSLSocket`` they wrap (CPython 3.7 to 3.14 alike); calling that object
+    directly skips an interpreted frame per call: 2,200 and 1,500 of a small TLS echo's
+    41,000 server instructions. The object is taken only when it is what CPython puts
+    there; anything else (another Python, a changed ``ssl`` module) gets ``obj``.
+    """
+    inner = getattr(obj, "_sslobj", None)
+    cls = type(inner)
+    if (
+        cls.__module__ == "_ssl"
+        and cls.__name__ == "_SSLSocket"
+        and callable(getattr(inner, "read", None))
+        and callable(getattr(inner, "write", None))
+    ):
+        return inner
+    return obj
+
+
 def _take_scratch() -> memoryview:
     """A receive buffer of CT_RECV bytes, to give back with ``_give_scratch``."""
     if _spare:
@@ -127,6 +150,7 @@ class TLSConnection(Connection):
         "_outbio",
         "_sslobj",
         "_tls_shut",
+        "_tlsio",
     )
 
     def __init__(
@@ -160,6 +184,7 @@ class TLSConnection(Connection):
         self._sslobj: ssl.SSLObject = context.wrap_bio(
             self._inbio, self._outbio, server_side=server_side, server_hostname=server_hostname
         )
+        self._tlsio: Any = _record_layer(self._sslobj)
         self._hs = HS_PENDING
         self._hs_timer: Timer | None = None
         self._hs_timeout = handshake_timeout
@@ -188,7 +213,7 @@ class TLSConnection(Connection):
         if not inbio.pending:
             return 0, False  # nothing to decrypt (and no close_notify to find)
         # Any: with a buffer, read() returns a count, not the bytes its stub promises.
-        sslobj: Any = self._sslobj
+        sslobj: Any = self._tlsio
         got = 0
         ended = False
         while True:
@@ -349,7 +374,7 @@ class TLSConnection(Connection):
 
     def _encrypt_locked(self, wb: LinkBuffer, budget: int) -> None:
         """Encrypt up to ``budget`` bytes of the output buffer's flushed plaintext."""
-        sslobj = self._sslobj
+        sslobj: Any = self._tlsio
         total = 0
         for v in wb.send_views():
             left = budget - total
@@ -368,10 +393,9 @@ class TLSConnection(Connection):
         parts = self._take_pending()
         if not parts:
             return
-        sslobj = self._sslobj
-        for p in parts:
-            if memoryview(p).nbytes:  # an empty write would raise in OpenSSL
-                sslobj.write(p)
+        sslobj: Any = self._tlsio
+        for p in parts:  # never empty (write_binary queues no empty part)
+            sslobj.write(p)
 
     def _send_locked(self, encrypt: bool) -> bool:
         """Send ciphertext without waiting: what is left over first, then the outgoing
@@ -379,7 +403,7 @@ class TLSConnection(Connection):
         True when nothing is left to send. Lock held; raises OSError (SSLError too)."""
         sock = self._sock
         while True:
-            ct = self._ctout
+            ct: bytes | memoryview | None = self._ctout
             if ct is None:
                 outbio = self._outbio
                 if not outbio.pending:
@@ -390,15 +414,15 @@ class TLSConnection(Connection):
                         return True
                     self._encrypt_locked(wb, ENCRYPT_CHUNK)
                     continue
-                ct = memoryview(outbio.read())
+                ct = outbio.read()  # sent as it is; a view only for what is left over
             try:
                 n = sock_send(sock, ct)
             except (BlockingIOError, InterruptedError):
-                self._ctout = ct
+                self._ctout = memoryview(ct)
                 return False
             self._bytes_out += n
             if n < len(ct):  # the kernel's buffer is full
-                self._ctout = ct[n:]
+                self._ctout = memoryview(ct)[n:]
                 return False
             self._ctout = None
 
