@@ -370,13 +370,13 @@ def test_many_readers_waiting_mid_frame_share_a_few_receive_buffers(
     socks = [ssl_client(client_ctx, srv.addr) for _ in range(clients)]
     bodies = [os.urandom(100_000 + i) for i in range(clients)]
     try:
-        for s, body in zip(socks, bodies):
+        for s, body in zip(socks, bodies, strict=True):
             s.sendall(len(body).to_bytes(4, "big") + body[:1000])
         for _ in range(clients):
             assert waiting.acquire(timeout=IO_TIMEOUT), "a handler never started waiting"
-        for s, body in zip(socks, bodies):
+        for s, body in zip(socks, bodies, strict=True):
             s.sendall(body[1000:])
-        for s, body in zip(socks, bodies):
+        for s, body in zip(socks, bodies, strict=True):
             assert recv_exact(s, 32) == hashlib.sha256(body).digest()
     finally:
         for s in socks:
