@@ -201,7 +201,7 @@ class TLSConnection(Connection):
 
     # ------------------------------------------------------------------ receiving
 
-    def _decrypt_locked(self) -> tuple[int, bool]:
+    def _decrypt_locked(self, fed: bool = False) -> tuple[int, bool]:
         """Decrypt what the incoming BIO holds into the input buffer's free space (the same
         tail/fresh-node choice as a plain receive). Lock held.
 
@@ -210,7 +210,7 @@ class TLSConnection(Connection):
         """
         inb = self._in
         inbio = self._inbio
-        if not inbio.pending:
+        if not fed and not inbio.pending:  # fed: ciphertext was just written to the BIO
             return 0, False  # nothing to decrypt (and no close_notify to find)
         # Any: with a buffer, read() returns a count, not the bytes its stub promises.
         sslobj: Any = self._tlsio
@@ -274,8 +274,14 @@ class TLSConnection(Connection):
         """
         # Plaintext, ciphertext waiting in the BIO (part of a record) and what comes now
         # stay within the limit, or the limit and one record (to complete the next one).
-        room = max(self._read_limit, need) - self._in._rlen - self._inbio.pending
-        size = CT_RECV if room >= CT_RECV else max(room, TLS_RECORD)
+        # The BIO holds less than a record between receives (every receive decrypts all it
+        # can), so with this much room it need not be asked.
+        room = max(self._read_limit, need) - self._in._rlen
+        if room >= CT_RECV + TLS_RECORD:
+            size = CT_RECV
+        else:
+            room -= self._inbio.pending
+            size = CT_RECV if room >= CT_RECV else max(room, TLS_RECORD)
         buf = _take_scratch()
         try:
             n = sock_recv_into(self._sock, buf, size)
@@ -288,7 +294,7 @@ class TLSConnection(Connection):
         finally:
             _give_scratch(buf)
         self._bytes_in += n
-        got, ended = self._decrypt_locked()
+        got, ended = self._decrypt_locked(n > 0)
         if not n:
             ended = True  # a TCP end without close_notify is a peer close too
         if self._outbio.pending:  # something the TLS layer owes the peer
@@ -402,19 +408,22 @@ class TLSConnection(Connection):
         BIO's, then (``encrypt``) the output buffer's plaintext, encrypted chunk by chunk.
         True when nothing is left to send. Lock held; raises OSError (SSLError too)."""
         sock = self._sock
+        drained = False  # the BIO was emptied (read() takes all) and nothing encrypted since
         while True:
             ct: bytes | memoryview | None = self._ctout
             if ct is None:
                 outbio = self._outbio
-                if not outbio.pending:
+                if drained or not outbio.pending:
                     if not encrypt:
                         return True
                     wb = self._wb
                     if wb is None or not wb._rlen:
                         return True
                     self._encrypt_locked(wb, ENCRYPT_CHUNK)
+                    drained = False
                     continue
                 ct = outbio.read()  # sent as it is; a view only for what is left over
+                drained = True
             try:
                 n = sock_send(sock, ct)
             except (BlockingIOError, InterruptedError):
