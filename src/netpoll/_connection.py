@@ -37,7 +37,7 @@ from ._conn._state import (
 )
 from ._conn._write import MAX_PENDING_PARTS, Writing
 from ._errors import ConnectionClosedError, PeerClosedError, closed_error
-from ._linkbuffer import _check_size, _delim_byte, trim_line
+from ._linkbuffer import MemoryView, _check_size, _delim_byte, trim_line
 from ._nocopy import Reader, Writer, until_filling, writer_buffer
 from ._poll._operator import PollEvent
 from ._poll._poller import Poller
@@ -292,7 +292,7 @@ class Connection(Writing):
                     inb._rlen -= n
                     ev = node.ev
                     if ev is None:  # _hand_out inlined: input nodes always own a block
-                        ev = node.ev = memoryview(node.buf)  # type: ignore[arg-type]
+                        ev = node.ev = MemoryView(node.buf)  # type: ignore[arg-type]
                     v = ev[r:e]
                     views = inb._views
                     if views is None:
@@ -320,7 +320,7 @@ class Connection(Writing):
                 if e <= node.w:  # in the head node: LinkBuffer.peek inlined
                     ev = node.ev
                     if ev is None:  # input nodes always own their block
-                        ev = node.ev = memoryview(node.buf)  # type: ignore[arg-type]
+                        ev = node.ev = MemoryView(node.buf)  # type: ignore[arg-type]
                     v = ev[r:e]
                     inb._track(v)
                     return v
@@ -372,7 +372,7 @@ class Connection(Writing):
                         inb._rlen -= pos - r
                         ev = node.ev
                         if ev is None:
-                            ev = node.ev = memoryview(buf)
+                            ev = node.ev = MemoryView(buf)
                         v = ev[r:pos]
                         inb._track(v)
                         return v
@@ -404,7 +404,7 @@ class Connection(Writing):
                             pos -= 1
                         ev = node.ev
                         if ev is None:
-                            ev = node.ev = memoryview(buf)
+                            ev = node.ev = MemoryView(buf)
                         out = ev[r:pos]
                         inb._track(out)
                         return out
@@ -502,7 +502,7 @@ class Connection(Writing):
 
     def readinto(self, b: Any) -> int:
         """Copying read into a writable buffer; 0 at the end of the stream."""
-        out = memoryview(b).cast("B")
+        out = MemoryView(b).cast("B")
         if out.readonly:  # checked first: nothing is consumed, nothing waited for
             raise TypeError(f"readinto() needs a writable buffer, got read-only {type(b).__name__}")
         with self._lock:
@@ -550,7 +550,7 @@ class Connection(Writing):
         """Append bytes for the next flush; don't mutate ``b`` until then (it may be referenced)."""
         t = type(b)
         # Immutable bytes and contiguous views are queued by reference (see _wpend).
-        if t is memoryview:
+        if t is MemoryView:
             n = b.nbytes if b.c_contiguous else -1  # type: ignore[union-attr]
         else:
             n = len(b) if t is bytes else -1

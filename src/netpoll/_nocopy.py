@@ -8,7 +8,14 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from ._errors import InsufficientDataError, PeerClosedError
-from ._linkbuffer import DEFAULT_NODE_SIZE, LinkBuffer, _check_size, _delim_byte, trim_line
+from ._linkbuffer import (
+    DEFAULT_NODE_SIZE,
+    LinkBuffer,
+    MemoryView,
+    _check_size,
+    _delim_byte,
+    trim_line,
+)
 
 __all__ = [
     "ReadWriter",
@@ -282,7 +289,7 @@ class _IOReader(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         self._checkClosed()  # io.IOBase's own check
-        out = memoryview(b).cast("B")
+        out = MemoryView(b).cast("B")
         want = len(out)
         if want == 0:
             return 0

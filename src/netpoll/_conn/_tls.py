@@ -59,6 +59,7 @@ from .. import _config
 from .._config import log as _log
 from .._connection import Connection
 from .._errors import ConnectionClosedError, closed_error
+from .._linkbuffer import MemoryView
 from .._poll._backend import EVENT_OUT
 from .._poll._operator import PollEvent
 from .._poll._poller import Poller, Timer, before_block
@@ -129,7 +130,7 @@ def _take_scratch() -> memoryview:
             return _spare_pop()
         except IndexError:  # another thread took the last one meanwhile
             pass
-    return memoryview(bytearray(CT_RECV))
+    return MemoryView(bytearray(CT_RECV))
 
 
 def _give_scratch(mv: memoryview) -> None:
@@ -427,11 +428,11 @@ class TLSConnection(Connection):
             try:
                 n = sock_send(sock, ct)
             except (BlockingIOError, InterruptedError):
-                self._ctout = memoryview(ct)
+                self._ctout = MemoryView(ct)
                 return False
             self._bytes_out += n
             if n < len(ct):  # the kernel's buffer is full
-                self._ctout = memoryview(ct)[n:]
+                self._ctout = MemoryView(ct)[n:]
                 return False
             self._ctout = None
 
@@ -691,7 +692,7 @@ class TLSConnection(Connection):
                 data = self._outbio.read() if self._outbio.pending else b""
             if data:
                 try:
-                    self._send_blocking(p, memoryview(data), deadline, timeout, timeout_error)
+                    self._send_blocking(p, MemoryView(data), deadline, timeout, timeout_error)
                 except OSError:
                     if err is None:
                         raise

@@ -18,7 +18,7 @@ import time
 from typing import Final
 
 from .._errors import ConnectionClosedError, WriteTimeoutError, closed_error
-from .._linkbuffer import LinkBuffer
+from .._linkbuffer import LinkBuffer, MemoryView
 from .._poll._poller import before_block
 from .._runner import input_wait_begin, input_wait_end
 from ._read import Reading
@@ -68,7 +68,7 @@ class Writing(Reading):
         if not parts:
             return None
         for p in parts:
-            if type(p) is memoryview:
+            if type(p) is MemoryView:
                 try:
                     p.nbytes  # noqa: B018  # raises once released
                 except ValueError:
@@ -94,7 +94,7 @@ class Writing(Reading):
             raise RuntimeError("no queued writes to drop")
         self._wpend_len -= n
         while n:
-            first = memoryview(parts[0]).cast("B")  # sizes are in bytes, whatever the format
+            first = MemoryView(parts[0]).cast("B")  # sizes are in bytes, whatever the format
             if len(first) <= n:
                 n -= len(first)
                 del parts[0]
