@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Final
 
 __all__ = [
     "LoadBalance",
@@ -45,7 +45,7 @@ class _Config:
     always_no_copy_read: bool = False
 
 
-_config = _Config()
+_config: Final = _Config()  # mutated by configure(), never replaced
 _lock = threading.Lock()
 _output_handler: tuple[logging.Logger, logging.Handler] | None = None
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _config
+from ._config import get_config
 from ._config import log as _log
 from ._conn._state import (
     CLOSE_HANDLER,
@@ -710,7 +710,7 @@ class Connection(Writing):
         if idle_timeout:
             self.set_idle_timeout(idle_timeout)
         self.attach()
-        runner = _config._config.runner
+        runner = get_config().runner
         if runner is None:
             self._connect_task(on_connect)
         else:
