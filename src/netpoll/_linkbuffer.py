@@ -20,8 +20,11 @@ from ._errors import InsufficientDataError
 __all__ = ["DEFAULT_NODE_SIZE", "LinkBuffer"]
 
 # mypyc looks up a builtin it has no type of its own for (memoryview) by name at each use,
-# about 270 instructions; a Final alias is loaded from a C static instead.
+# a method by name on each call, and a module's function in the module's dict: 100 to 270
+# instructions every time. Final aliases are loaded from C statics instead.
 MemoryView: Final = memoryview
+_release_view: Final = memoryview.release
+_getrefcount: Final = sys.getrefcount
 DEFAULT_NODE_SIZE: Final = 8192
 _MIN_CLASS_SHIFT: Final = 6  # smallest pooled block: 64 bytes
 _MAX_POOLED: Final = 1 << 23  # blocks above 8 MiB are left to the allocator
@@ -140,8 +143,8 @@ def _unwatched(node: _Node) -> bool:
     if ev is None:
         return True
     node.ev = None
-    ev.release()  # never exported: reads hand out slices of it, not the view itself
-    return sys.getrefcount(node.buf) <= _FREE_REFS
+    _release_view(ev)  # never exported: reads hand out slices of it, not the view itself
+    return _getrefcount(node.buf) <= _FREE_REFS
 
 
 def _hand_out(node: _Node) -> memoryview:
@@ -159,7 +162,7 @@ def _revoke(views: list[memoryview]) -> None:
     """Release every view in ``views`` and empty the list."""
     for v in views:
         try:
-            v.release()
+            _release_view(v)
         except BufferError:
             # Exported further (numpy, a C extension holding a buffer): it cannot be
             # revoked, and its block stays out of the pool while it lives, by the same
@@ -632,7 +635,7 @@ class LinkBuffer:
         if views:
             for v in views:  # _revoke inlined: this runs once per request
                 try:
-                    v.release()
+                    _release_view(v)
                 except BufferError:
                     pass  # see _revoke
             views.clear()
@@ -653,8 +656,8 @@ class LinkBuffer:
                     ev = node.ev
                     if ev is not None:
                         node.ev = None
-                        ev.release()
-                    if ev is None or sys.getrefcount(node.buf) <= _FREE_REFS:
+                        _release_view(ev)
+                    if ev is None or _getrefcount(node.buf) <= _FREE_REFS:
                         node.r = node.w = 0
                         self._hi = 0
                         return
