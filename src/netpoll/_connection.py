@@ -549,6 +549,7 @@ class Connection(Writing):
     def write_binary(self, b: bytes | bytearray | memoryview) -> int:
         """Append bytes for the next flush; don't mutate ``b`` until then (it may be referenced)."""
         t = type(b)
+        n: int  # declared: an untyped count would be boxed and compared generically
         # Immutable bytes and contiguous views are queued by reference (see _wpend).
         if t is MemoryView:
             n = b.nbytes if b.c_contiguous else -1  # type: ignore[union-attr]
