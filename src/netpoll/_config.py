@@ -46,6 +46,9 @@ class _Config:
 
 
 _config: Final = _Config()  # mutated by configure(), never replaced
+# The same object for the request path: an imported Final is a C static to the compiled
+# build and a plain global to the pure one (get_config() would be a call in the pure one).
+CONFIG: Final = _config
 _lock = threading.Lock()
 _output_handler: tuple[logging.Logger, logging.Handler] | None = None
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._config import get_config
+from ._config import CONFIG
 from ._config import log as _log
 from ._conn._state import (
     CLOSE_HANDLER,
@@ -711,7 +711,7 @@ class Connection(Writing):
         if idle_timeout:
             self.set_idle_timeout(idle_timeout)
         self.attach()
-        runner = get_config().runner
+        runner = CONFIG.runner
         if runner is None:
             self._connect_task(on_connect)
         else:

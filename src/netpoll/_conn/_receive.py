@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .._config import get_config
+from .._config import CONFIG
 from .._config import log as _log
 from .._linkbuffer import POOL, _Node
 from .._poll._operator import PollEvent
@@ -112,7 +112,7 @@ class Receiving(ConnectionBase):
         if eof:
             self._after_eof(start)
         if start:
-            if self._slow or self._poller.offload or get_config().runner is not None:
+            if self._slow or self._poller.offload or CONFIG.runner is not None:
                 self._start_task()
             else:
                 self._process(False)  # inline on the poller thread: the fast, common case

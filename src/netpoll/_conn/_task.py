@@ -23,7 +23,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 
-from .._config import get_config
+from .._config import CONFIG
 from .._config import log as _log
 from .._errors import ConnectionClosedError, PeerClosedError, ReadTimeoutError, WriteTimeoutError
 from .._poll._poller import current_poller
@@ -58,7 +58,7 @@ class Tasks(Receiving):
     __slots__ = ()
 
     def _start_task(self) -> None:
-        runner = get_config().runner
+        runner = CONFIG.runner
         if runner is None:
             if self._slow or self._poller.offload:
                 SLOW_POOL.submit(self._process_on_pool)

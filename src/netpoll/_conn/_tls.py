@@ -55,7 +55,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from .._config import get_config
+from .._config import CONFIG
 from .._config import log as _log
 from .._connection import Connection
 from .._errors import ConnectionClosedError, closed_error
@@ -343,7 +343,7 @@ class TLSConnection(Connection):
         if eof:
             self._after_eof(start)
         if start:
-            if self._slow or self._poller.offload or get_config().runner is not None:
+            if self._slow or self._poller.offload or CONFIG.runner is not None:
                 self._start_task()
             else:
                 self._process(False)
@@ -626,7 +626,7 @@ class TLSConnection(Connection):
             timer.cancel()
         if eof:
             self._poller.call_later(0, self._tls_eof_event)
-        runner = get_config().runner
+        runner = CONFIG.runner
         if runner is None:
             self._connect_task(on_connect)
         else:
