@@ -125,12 +125,10 @@ def _record_layer(obj: ssl.SSLObject) -> Any:
 
 def _take_scratch() -> memoryview:
     """A receive buffer of CT_RECV bytes, to give back with ``_give_scratch``."""
-    if _spare:
-        try:
-            return _spare_pop()
-        except IndexError:  # another thread took the last one meanwhile
-            pass
-    return MemoryView(bytearray(CT_RECV))
+    try:
+        return _spare_pop()
+    except IndexError:  # none kept, or other threads hold them: one more
+        return MemoryView(bytearray(CT_RECV))
 
 
 def _give_scratch(mv: memoryview) -> None:
@@ -267,6 +265,19 @@ class TLSConnection(Connection):
             inb.drop_empty_tail()
         return got, ended
 
+    def _feed_locked(self, size: int) -> int:
+        """Receive up to ``size`` bytes of ciphertext into the incoming BIO, through a lent
+        buffer; the count, 0 at the end of the stream. Lock held; raises as ``recv_into``."""
+        buf = _take_scratch()
+        try:
+            n: int = sock_recv_into(self._sock, buf, size)
+            if n:
+                self._bytes_in += n
+                self._inbio.write(buf[:n])
+            return n
+        finally:
+            _give_scratch(buf)
+
     def _receive_locked(self, need: int) -> tuple[int, bool, bool]:
         """Receive ciphertext and decrypt it. Lock held.
 
@@ -283,18 +294,12 @@ class TLSConnection(Connection):
         else:
             room -= self._inbio.pending
             size = CT_RECV if room >= CT_RECV else max(room, TLS_RECORD)
-        buf = _take_scratch()
         try:
-            n = sock_recv_into(self._sock, buf, size)
-            if n:
-                self._inbio.write(buf[:n])
+            n = self._feed_locked(size)
         except (BlockingIOError, InterruptedError):
             return 0, False, True
         except OSError:
             n = 0  # a reset: the end of the stream
-        finally:
-            _give_scratch(buf)
-        self._bytes_in += n
         got, ended = self._decrypt_locked(n > 0)
         if not n:
             ended = True  # a TCP end without close_notify is a peer close too
@@ -569,19 +574,13 @@ class TLSConnection(Connection):
         with self._lock:
             if self._closed or self._hs != HS_PENDING:
                 return
-            buf = _take_scratch()
             try:
-                n = sock_recv_into(self._sock, buf, CT_RECV)
-                if n > 0:
-                    self._bytes_in += n
-                    self._inbio.write(buf[:n])
+                n = self._feed_locked(CT_RECV)
             except (BlockingIOError, InterruptedError):
                 n = -1
             except OSError as exc:
                 n = 0
                 err = exc
-            finally:
-                _give_scratch(buf)
             try:
                 self._sslobj.do_handshake()
                 done = True
@@ -702,16 +701,10 @@ class TLSConnection(Connection):
                 break
             self._wait_fd(p, select.POLLIN, deadline, timeout, timeout_error)
             with self._lock:
-                buf = _take_scratch()
                 try:
-                    n = sock_recv_into(self._sock, buf, CT_RECV)
-                    if n > 0:
-                        self._bytes_in += n
-                        self._inbio.write(buf[:n])
+                    n = self._feed_locked(CT_RECV)
                 except (BlockingIOError, InterruptedError):
                     n = -1  # not `continue` in the try: mypyc does not compile that
-                finally:
-                    _give_scratch(buf)
                 if n == 0:
                     self._inbio.write_eof()  # the handshake then fails: EOF in violation
         with self._lock:
